@@ -1,0 +1,68 @@
+"""The ``circuitsviz`` command. Each subcommand lives in its own module and wraps one public function.
+
+A subcommand module defines ``register(subparsers)``; it adds its parser and sets
+``func=run`` where ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import CircuitsvizError
+
+# Order is the order `circuitsviz --help` lists them in.
+SUBCOMMANDS = ["layers", "visualize", "mine", "merge", "sae", "serve", "data", "study"]
+
+EPILOG = """\
+typical session:
+  circuitsviz layers --model inceptionv1 --no-pretrained
+  circuitsviz visualize --model inceptionv1 --layer mixed4e --channels 55 --out runs/cat
+  circuitsviz mine --model inceptionv1 --data ~/imagenet/val --layers mixed4e --out runs/cat
+  circuitsviz fit-sae --model inceptionv1 --data ~/imagenet/val --layer mixed4e --out runs/cat
+  circuitsviz split --run runs/cat --layer mixed4e --channel 55
+  circuitsviz serve runs/cat
+
+or all of it at once:  circuitsviz study --model demo --data procedural --out runs/demo
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="circuitsviz",
+        description="Mechanistic interpretability for vision models: feature visualization, "
+        "dataset examples, sparse autoencoders and a viewer.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("circuitsviz"):
+                continue  # capability not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CircuitsvizError as e:
+        print(f"circuitsviz {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"circuitsviz {args.command}: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

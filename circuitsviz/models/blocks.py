@@ -1,0 +1,70 @@
+"""Small modules shared by the zoo's networks.
+
+Every spatial op is a module (not a bare ``F.*`` call) so that hooks can address it by name
+and receptive fields can be traced from the module graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _RedirectedReLUFn(torch.autograd.Function):
+    """ReLU whose backward lets gradient reach dead units, per batch element (Lucid's rule).
+
+    Where the ordinary ReLU gradient of an example is all zero, use the incoming gradient
+    instead, except where it would push an already negative input further down. Examples whose
+    ReLU gradient is nonzero keep the ordinary gradient, so batching never mixes images.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        relu_grad = torch.where(x < 0, torch.zeros_like(grad), grad)
+        # grad > 0 is the direction gradient descent uses to *lower* x (the loss is -objective).
+        redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)
+        alive = relu_grad.flatten(1).abs().amax(dim=1) > 0
+        alive = alive.view(-1, *([1] * (grad.dim() - 1)))
+        return torch.where(alive, relu_grad, redirected)
+
+
+class ReLU(nn.Module):
+    """A ReLU that optimisation can switch into Lucid's redirected-gradient mode.
+
+    ``redirect`` is per-module state, toggled only by ``VisionModel.redirected_relu()`` for the
+    duration of a ``with`` block; nothing global is touched.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redirect = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.redirect and torch.is_grad_enabled():
+            return _RedirectedReLUFn.apply(x)
+        return torch.relu(x)
+
+
+class Concat(nn.Module):
+    """Channel concatenation, as a module so a hook can name the mixed layer."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=1)
+
+
+class AffineInput(nn.Module):
+    """Maps images in [0, 1] to the network's input space: ``x * scale + shift`` per channel."""
+
+    def __init__(self, scale: list[float] | float, shift: list[float] | float) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).reshape(-1, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32).reshape(-1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift

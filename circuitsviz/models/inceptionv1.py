@@ -1,0 +1,132 @@
+"""InceptionV1 exactly as Lucid's ``inception5h`` TensorFlow graph computes it.
+
+Parameter names equal those of lucent's ``InceptionV1``, so the public ``inception5h.pth``
+state dict loads unchanged. The one intended difference from lucent is the LRN: Lucid's graph
+uses depth_radius 5, bias 2, alpha 1e-4, beta 0.5. PyTorch's LRN takes a window *size*
+(2 * radius + 1 = 11) and divides alpha by that size, hence alpha = 1e-4 * 11.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import Concat, ReLU
+from .wrapper import Branch, LayerInfo
+
+LRN = dict(size=11, alpha=1e-4 * 11, beta=0.5, k=2.0)
+# What lucent uses; kept so tests can pin the difference (lucent PR #51).
+LUCENT_LRN = dict(size=9, alpha=9.99999974738e-05, beta=0.5, k=1.0)
+
+# name: (in, 1x1, 3x3 bottleneck, 3x3, 5x5 bottleneck, 5x5, pool reduce)
+MIXED = {
+    "mixed3a": (192, 64, 96, 128, 16, 32, 32),
+    "mixed3b": (256, 128, 128, 192, 32, 96, 64),
+    "mixed4a": (480, 192, 96, 204, 16, 48, 64),
+    "mixed4b": (508, 160, 112, 224, 24, 64, 64),
+    "mixed4c": (512, 128, 128, 256, 24, 64, 64),
+    "mixed4d": (512, 112, 144, 288, 32, 64, 64),
+    "mixed4e": (528, 256, 160, 320, 32, 128, 128),
+    "mixed5a": (832, 256, 160, 320, 48, 128, 128),
+    "mixed5b": (832, 384, 192, 384, 48, 128, 128),
+}
+# Stride-2 max pools that sit *before* these mixed layers (TF "SAME" padding: right/bottom only).
+POOL_BEFORE = {"mixed4a": "maxpool4", "mixed5a": "maxpool10"}
+BRANCHES = ("1x1", "3x3", "5x5", "pool_reduce")
+
+
+def _same_pool(stride: int) -> nn.Sequential:
+    pad = (0, 1, 0, 1) if stride == 2 else (1, 1, 1, 1)
+    return nn.Sequential(nn.ConstantPad2d(pad, float("-inf")), nn.MaxPool2d(3, stride))
+
+
+class InceptionV1(nn.Module):
+    """Lucid's InceptionV1 (GoogLeNet as trained for ``inception5h``, 1008 classes).
+
+    Takes input already in the graph's range ``x * 255 - 117``; ``VisionModel`` does that mapping.
+    Returns softmax probabilities, as Lucid's graph does; logits are the layer
+    ``softmax2_pre_activation_matmul``.
+    """
+
+    def __init__(self, lrn: dict | None = None) -> None:
+        super().__init__()
+        self.lrn_params = dict(lrn or LRN)
+        self.conv2d0_pre_relu_conv = nn.Conv2d(3, 64, 7, stride=2)
+        self.conv2d1_pre_relu_conv = nn.Conv2d(64, 64, 1)
+        self.conv2d2_pre_relu_conv = nn.Conv2d(64, 192, 3)
+        self.conv2d0_pad = nn.ZeroPad2d((2, 3, 2, 3))
+        self.conv2d2_pad = nn.ZeroPad2d(1)
+        for name in ("conv2d0", "conv2d1", "conv2d2"):
+            setattr(self, name, ReLU())
+        self.maxpool0 = _same_pool(2)
+        self.maxpool1 = _same_pool(2)
+        self.localresponsenorm0 = nn.LocalResponseNorm(**self.lrn_params)
+        self.localresponsenorm1 = nn.LocalResponseNorm(**self.lrn_params)
+        for name, (cin, c1, c3r, c3, c5r, c5, cp) in MIXED.items():
+            convs = {
+                "1x1": (cin, c1, 1), "3x3_bottleneck": (cin, c3r, 1), "5x5_bottleneck": (cin, c5r, 1),
+                "pool_reduce": (cin, cp, 1), "3x3": (c3r, c3, 3), "5x5": (c5r, c5, 5),
+            }
+            for branch, (i, o, k) in convs.items():
+                setattr(self, f"{name}_{branch}_pre_relu_conv", nn.Conv2d(i, o, k, padding=k // 2))
+                setattr(self, f"{name}_{branch}", ReLU())
+            setattr(self, f"{name}_pool", _same_pool(1))
+            setattr(self, f"{name}_pre_relu", Concat())
+            setattr(self, name, Concat())
+        for name in POOL_BEFORE.values():
+            setattr(self, name, _same_pool(2))
+        self.avgpool0 = nn.AdaptiveAvgPool2d(1)
+        self.softmax2_pre_activation_matmul = nn.Linear(1024, 1008)
+        self.softmax2 = nn.Softmax(dim=1)
+
+    def _conv(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = getattr(self, f"{name}_pre_relu_conv")(x)
+        return pre, getattr(self, name)(pre)
+
+    def _mixed(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        pre1, out1 = self._conv(f"{name}_1x1", x)
+        _, b3 = self._conv(f"{name}_3x3_bottleneck", x)
+        pre3, out3 = self._conv(f"{name}_3x3", b3)
+        _, b5 = self._conv(f"{name}_5x5_bottleneck", x)
+        pre5, out5 = self._conv(f"{name}_5x5", b5)
+        prep, outp = self._conv(f"{name}_pool_reduce", getattr(self, f"{name}_pool")(x))
+        if getattr(self, f"{name}_pre_relu")._forward_hooks:  # only built when someone asks for it
+            getattr(self, f"{name}_pre_relu")(pre1, pre3, pre5, prep)
+        return getattr(self, name)(out1, out3, out5, outp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, x = self._conv("conv2d0", self.conv2d0_pad(x))
+        x = self.localresponsenorm0(self.maxpool0(x))
+        _, x = self._conv("conv2d1", x)
+        _, x = self._conv("conv2d2", self.conv2d2_pad(x))
+        x = self.maxpool1(self.localresponsenorm1(x))
+        for name in MIXED:
+            if name in POOL_BEFORE:
+                x = getattr(self, POOL_BEFORE[name])(x)
+            x = self._mixed(name, x)
+        # Lucid pools 7x7 at 224 px; adaptive pooling gives the same there and works at any size.
+        x = self.avgpool0(x).flatten(1)
+        return self.softmax2(self.softmax2_pre_activation_matmul(x))
+
+
+def layer_table() -> list[LayerInfo]:
+    """Lucid's layer names, their modules, channel counts and (for mixed layers) branch ranges."""
+    table = [
+        LayerInfo("conv2d0", "conv2d0", 64), LayerInfo("conv2d0_pre_relu", "conv2d0_pre_relu_conv", 64),
+        LayerInfo("conv2d1", "conv2d1", 64), LayerInfo("conv2d1_pre_relu", "conv2d1_pre_relu_conv", 64),
+        LayerInfo("conv2d2", "conv2d2", 192), LayerInfo("conv2d2_pre_relu", "conv2d2_pre_relu_conv", 192),
+    ]
+    for name, (cin, c1, c3r, c3, c5r, c5, cp) in MIXED.items():
+        widths = dict(zip(BRANCHES, (c1, c3, c5, cp)))
+        branches, start = [], 0
+        for b in BRANCHES:
+            branches.append(Branch(b, start, start + widths[b]))
+            start += widths[b]
+        table.append(LayerInfo(name, name, start, tuple(branches)))
+        table.append(LayerInfo(f"{name}_pre_relu", f"{name}_pre_relu", start, tuple(branches)))
+        for b, width in {"1x1": c1, "3x3_bottleneck": c3r, "3x3": c3, "5x5_bottleneck": c5r, "5x5": c5, "pool_reduce": cp}.items():
+            table.append(LayerInfo(f"{name}_{b}", f"{name}_{b}", width))
+            table.append(LayerInfo(f"{name}_{b}_pre_relu", f"{name}_{b}_pre_relu_conv", width))
+    table.append(LayerInfo("softmax2_pre_activation_matmul", "softmax2_pre_activation_matmul", 1008))
+    table.append(LayerInfo("softmax2", "softmax2", 1008))
+    return table

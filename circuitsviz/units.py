@@ -1,0 +1,99 @@
+"""Stable string ids for the things we study.
+
+One id is used everywhere: the store, the CLI, the Python API and the viewer's URL.
+
+=====================  ===========================================
+``mixed4e:55``         channel 55 of mixed4e (spatial mean / max)
+``mixed4e:55@7,3``     the neuron of channel 55 at row 7, column 3
+``mixed4e/sae:17``     feature 17 of the SAE named ``sae`` on mixed4e
+=====================  ===========================================
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import BadInputError
+
+_UNIT_RE = re.compile(
+    r"^(?P<layer>[A-Za-z0-9_.\-]+?)(?:/(?P<sae>[A-Za-z0-9_.\-]+))?:(?P<index>\d+)"
+    r"(?:@(?P<y>\d+),(?P<x>\d+))?$"
+)
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    """A channel, a spatial neuron, or an SAE feature of one layer.
+
+    >>> Unit.parse("mixed4e:55")
+    Unit(layer='mixed4e', index=55, sae=None, pos=None)
+    >>> Unit("mixed4e", 3, sae="sae").id
+    'mixed4e/sae:3'
+    """
+
+    layer: str
+    index: int
+    sae: str | None = None
+    pos: tuple[int, int] | None = None  # (y, x) for a spatial neuron
+
+    @property
+    def kind(self) -> str:
+        if self.sae is not None:
+            return "feature"
+        return "neuron" if self.pos is not None else "channel"
+
+    @property
+    def id(self) -> str:
+        s = self.layer + (f"/{self.sae}" if self.sae else "") + f":{self.index}"
+        if self.pos is not None:
+            s += f"@{self.pos[0]},{self.pos[1]}"
+        return s
+
+    def __str__(self) -> str:
+        return self.id
+
+    @classmethod
+    def parse(cls, text: str) -> "Unit":
+        m = _UNIT_RE.match(text.strip())
+        if not m:
+            raise BadInputError(
+                f"cannot parse unit id {text!r}; expected 'layer:channel' (mixed4e:55), "
+                "'layer:channel@y,x' (mixed4e:55@7,7) or 'layer/sae:feature' (mixed4e/sae:17)"
+            )
+        pos = (int(m["y"]), int(m["x"])) if m["y"] is not None else None
+        return cls(m["layer"], int(m["index"]), sae=m["sae"], pos=pos)
+
+
+def parse_channels(spec: str | int | list[int] | range, total: int | None = None) -> list[int]:
+    """Parse ``"55,56,60-70"`` (inclusive ranges) or ``"*"`` into a sorted list of channels.
+
+    >>> parse_channels("1,3-5")
+    [1, 3, 4, 5]
+    """
+    if isinstance(spec, int):
+        return [spec]
+    if not isinstance(spec, str):
+        return sorted(set(int(c) for c in spec))
+    spec = spec.strip()
+    if spec in ("*", "all", ""):
+        if total is None:
+            raise BadInputError(f"channel spec {spec!r} needs the layer's channel count")
+        return list(range(total))
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = (int(p) for p in part.split("-", 1))
+                if b < a:
+                    raise ValueError
+                out.update(range(a, b + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise BadInputError(
+                f"bad channel spec {part!r} in {spec!r}; use comma-separated indices and "
+                "inclusive ranges such as '55,56,60-70', or '*' for all"
+            ) from None
+    return sorted(out)
