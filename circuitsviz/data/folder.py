@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 
 from ..errors import BadInputError
 
@@ -100,7 +100,6 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def load_image(self, image_id: str) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
             with Image.open(self.root / image_id) as img:
                 img.load()
                 return to_rgb(img)
