@@ -1,0 +1,224 @@
+"""The model zoo: fidelity to lucent/Lucid, layer access, truncation, hooks and errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from circuitsviz.errors import BadInputError, ChannelOutOfRangeError, UnknownNameError
+from circuitsviz.models import list_layers, load_model, wrap_model
+from circuitsviz.models.inceptionv1 import LRN, LUCENT_LRN
+
+LUCID_CHANNELS = {
+    "conv2d0": 64, "conv2d1": 64, "conv2d2": 192, "mixed3a": 256, "mixed3b": 480, "mixed4a": 508,
+    "mixed4b": 512, "mixed4c": 512, "mixed4d": 528, "mixed4e": 832, "mixed5a": 832, "mixed5b": 1024,
+}
+
+
+@pytest.fixture(scope="module")
+def lucent_net():
+    from lucent.modelzoo import inceptionv1
+
+    torch.manual_seed(1)
+    return inceptionv1(pretrained=False).eval()
+
+
+def test_state_dict_keys_and_shapes_equal_lucents(inception, lucent_net):
+    ours = inception.net.state_dict()
+    theirs = lucent_net.state_dict()
+    assert list(ours) == list(theirs) or set(ours) == set(theirs)
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+
+
+def _lucent_activations(lucent_net, x, names, lrn):
+    """Run lucent's InceptionV1, swapping its LRN constants for ``lrn``, and hook ``names``."""
+    from lucent.optvis.render import hook_model
+
+    original = F.local_response_norm
+
+    def lrn_override(t, size, alpha=1e-4, beta=0.75, k=1.0):
+        assert (size, k) == (LUCENT_LRN["size"], LUCENT_LRN["k"])  # lucent's call site is what we think
+        return original(t, **lrn)
+
+    hook = hook_model(lucent_net, lambda: x)
+    F.local_response_norm = lrn_override
+    try:
+        with torch.no_grad():
+            lucent_net(x * 255 - 117)
+    finally:
+        F.local_response_norm = original
+    return {n: hook(n).clone() for n in names}
+
+
+PARITY_LAYERS = [
+    "conv2d0", "conv2d1", "conv2d2", "mixed3a", "mixed3b", "mixed4a", "mixed4b", "mixed4c", "mixed4d",
+    "mixed4e", "mixed5a", "mixed5b", "mixed4e_3x3_bottleneck", "mixed4e_5x5", "softmax2",
+]
+
+
+def test_every_layer_matches_lucent_given_the_same_lrn(inception, lucent_net):
+    inception.net.load_state_dict(lucent_net.state_dict())
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    theirs = _lucent_activations(lucent_net, x, PARITY_LAYERS + ["mixed4e_1x1_pre_relu_conv"], LRN)
+    ours = inception.activations(x, PARITY_LAYERS + ["mixed4e_1x1_pre_relu"])
+    theirs["mixed4e_1x1_pre_relu"] = theirs.pop("mixed4e_1x1_pre_relu_conv")
+    for name, t in theirs.items():
+        torch.testing.assert_close(ours[name], t, rtol=1e-5, atol=1e-5, msg=f"layer {name} differs")
+
+
+def test_lrn_differs_from_lucents_by_design(inception, lucent_net):
+    # Lucid: depth_radius 5, bias 2, alpha 1e-4, beta 0.5  ->  torch size 11, alpha 1.1e-3, k 2
+    assert LRN == dict(size=11, alpha=1e-4 * 11, beta=0.5, k=2.0)
+    assert (LUCENT_LRN["size"], LUCENT_LRN["k"]) == (9, 1.0)
+    inception.net.load_state_dict(lucent_net.state_dict())
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    lucent_as_shipped = _lucent_activations(lucent_net, x, ["conv2d1"], LUCENT_LRN)["conv2d1"]
+    ours = inception.activations(x, "conv2d1")["conv2d1"]
+    assert (ours - lucent_as_shipped).abs().max() > 1e-2
+
+
+def test_lrn_matches_tensorflow_formula():
+    # TF: x / (bias + alpha * sum_{|d'-d| <= r} x_{d'}^2) ** beta, written out directly.
+    x = torch.randn(1, 20, 3, 3)
+    r, bias, alpha, beta = 5, 2.0, 1e-4, 0.5
+    sq = F.pad(x.pow(2), (0, 0, 0, 0, r, r))
+    window = torch.stack([sq[:, d : d + 2 * r + 1].sum(1) for d in range(20)], dim=1)
+    expected = x / (bias + alpha * window) ** beta
+    torch.testing.assert_close(F.local_response_norm(x, **LRN), expected)
+
+
+def test_layer_table_has_lucids_channel_counts_and_branches(inception):
+    for name, c in LUCID_CHANNELS.items():
+        assert inception.channels(name) == c
+    mixed4e = inception.layer("mixed4e")
+    assert [(b.name, b.start, b.stop) for b in mixed4e.branches] == [
+        ("1x1", 0, 256), ("3x3", 256, 576), ("5x5", 576, 704), ("pool_reduce", 704, 832)]
+    assert mixed4e.branch_of(55).name == "1x1"
+    assert inception.channels("mixed4e_3x3") == 320 and inception.channels("mixed4e_pre_relu") == 832
+
+
+def test_list_layers_reports_shapes_that_match_real_activations(inception):
+    rows = {r.name: r for r in list_layers(inception)}
+    x = torch.rand(1, 3, 224, 224)
+    for name in ("conv2d0", "mixed3b", "mixed4e", "mixed5b"):
+        act = inception.activations(x, name)[name]
+        assert (rows[name].channels, rows[name].height, rows[name].width) == tuple(act.shape[1:])
+
+
+def test_pre_relu_concat_is_relu_free_version_of_mixed_layer(inception):
+    acts = inception.activations(torch.rand(1, 3, 224, 224), ["mixed3b", "mixed3b_pre_relu"])
+    torch.testing.assert_close(acts["mixed3b"], acts["mixed3b_pre_relu"].clamp(min=0))
+    assert (acts["mixed3b_pre_relu"] < 0).any()
+
+
+def test_forward_to_mixed3b_runs_nothing_deeper(inception):
+    ran = []
+    handles = [inception.net.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: ran.append(n))
+               for n in ("mixed3b", "maxpool4", "mixed4a_1x1_pre_relu_conv", "mixed5b", "softmax2")]
+    try:
+        inception.activations(torch.rand(1, 3, 224, 224), ["mixed3a", "mixed3b"])
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == ["mixed3b"]
+
+
+def test_no_hook_outlives_a_call_even_on_error(inception):
+    def hook_count():
+        return sum(len(m._forward_hooks) for m in inception.modules())
+
+    before = hook_count()
+    inception.activations(torch.rand(1, 3, 224, 224), ["mixed3a", "mixed4a"])
+    assert hook_count() == before
+    with pytest.raises(RuntimeError):
+        # 3x3 input makes the stem's pools fail mid-forward
+        inception.activations(torch.rand(1, 3, 3, 3), ["mixed5b"])
+    assert hook_count() == before
+
+
+def test_unknown_layer_error_suggests_nearest_names(inception):
+    with pytest.raises(UnknownNameError) as e:
+        inception.activations(torch.rand(1, 3, 224, 224), ["mixed4f"])
+    msg = str(e.value)
+    assert "mixed4f" in msg and "mixed4e" in msg and "Did you mean" in msg
+
+
+def test_unknown_model_lists_the_zoo():
+    with pytest.raises(UnknownNameError, match="inceptionv1.*googlenet"):
+        load_model("inceptionv2", pretrained=False)
+
+
+def test_channel_out_of_range_names_valid_range(inception):
+    with pytest.raises(ChannelOutOfRangeError, match="832 channels.*0..831"):
+        inception.check_channel("mixed4e", 832)
+    inception.check_channel("mixed4e", 831)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.rand(3, 224, 224, 1), "N x 3 x H x W"),
+    (torch.rand(1, 1, 64, 64), "N x 3 x H x W"),
+    (torch.rand(1, 3, 64, 64) * 255, r"\[0, 1\]"),
+    (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "floating point"),
+])
+def test_bad_images_are_refused_with_the_expected_convention(inception, bad, match):
+    with pytest.raises(BadInputError, match=match):
+        inception.activations(bad, "conv2d0")
+
+
+def test_input_convention_is_lucids_x255_minus_117(inception):
+    x = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(inception.preprocess(x), x * 255 - 117)
+
+
+def test_any_module_works_with_module_paths():
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    model = wrap_model(net, input_size=64)
+    x = torch.rand(2, 3, 64, 64)
+    acts = model.activations(x, ["layer3.1.conv2", "layer1.0"])
+    with torch.no_grad():
+        y = net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x)))))))
+    assert acts["layer3.1.conv2"].shape == (2, 256, 4, 4)
+    assert model.channels("layer3.1.conv2") == 256
+    assert y.shape[1:] == (256, 4, 4)
+    with pytest.raises(UnknownNameError, match="layer3.1.conv2"):
+        model.layer("layer3.1.conv3")
+
+
+def test_googlenet_builds_with_module_path_layers():
+    model = load_model("googlenet", pretrained=False)
+    acts = model.activations(torch.rand(1, 3, 224, 224), ["inception4e", "inception3b.branch2"])
+    assert acts["inception4e"].shape == (1, 832, 14, 14)
+
+
+def test_device_follows_the_model_not_import_time(inception):
+    assert inception.device == torch.device("cpu")
+    x = torch.rand(1, 3, 224, 224)
+    assert inception.activations(x, "conv2d0")["conv2d0"].device == inception.device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_model_runs_on_cuda():
+    model = load_model("inceptionv1", pretrained=False, device="cuda")
+    acts = model.activations(torch.rand(1, 3, 224, 224), "mixed4e")
+    assert acts["mixed4e"].is_cuda
+
+
+def test_redirected_relu_passes_gradient_to_dead_units_only_inside_the_block(inception):
+    x = torch.full((1, 3, 224, 224), 0.5, requires_grad=True)
+    # A channel pushed negative by a huge negative bias gets no ordinary gradient.
+    conv = inception.net.conv2d0_pre_relu_conv
+    saved = conv.bias.data.clone()
+    conv.bias.data.fill_(-1e4)
+    try:
+        act = inception.activations(x, "conv2d0", grad=True, check=False)["conv2d0"]
+        assert torch.autograd.grad(act[:, 0].mean(), x)[0].abs().sum() == 0
+        with inception.redirected_relu():
+            act = inception.activations(x, "conv2d0", grad=True, check=False)["conv2d0"]
+            # Optimisation minimises the loss -objective; redirection lets that loss move x.
+            g = torch.autograd.grad(-act[:, 0].mean(), x)[0]
+        assert g.abs().sum() > 0
+        assert not any(getattr(m, "redirect", False) for m in inception.modules())
+    finally:
+        conv.bias.data.copy_(saved)
