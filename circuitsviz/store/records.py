@@ -1,0 +1,136 @@
+"""What the read API returns: one plain dataclass per record type of the run index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    model: str | None
+    weights_sha256: str | None
+    input_size: int | None
+    settings: dict
+    data_source: dict | None
+    classes: list[str] | None
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    name: str
+    channels: int
+    height: int | None
+    width: int | None
+    branches: list[tuple[str, int, int]]            # (name, start, stop): channels [start, stop)
+    rf: tuple[float, float, float] | None           # (size, stride, offset) in input pixels
+
+    def branch_of(self, channel: int) -> str | None:
+        return next((name for name, a, b in self.branches if a <= channel < b), None)
+
+
+@dataclass(frozen=True)
+class UnitRecord:
+    id: str
+    layer: str
+    index: int
+    kind: str                                       # channel | neuron | feature
+    sae: str | None = None
+    pos: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Visualization:
+    unit_id: str
+    kind: str                                       # positive | negative | diversity | neuron
+    index: int
+    path: Path                                      # content-addressed PNG
+    height: int
+    width: int
+    objective: float | None
+    settings: dict
+
+
+@dataclass(frozen=True)
+class Example:
+    unit_id: str
+    kind: str                                       # max | mean
+    rank: int
+    image_id: str
+    value: float
+    y: int
+    x: int
+    label: int = -1
+    actmap: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class QuantileExample:
+    unit_id: str
+    bin: int
+    image_id: str
+    value: float
+    y: int
+    x: int
+    label: int = -1
+
+
+@dataclass(frozen=True)
+class Stats:
+    unit_id: str
+    mean: float | None
+    max: float | None
+    frac_positive: float | None
+    hist_counts: list[float]
+    hist_edges: list[float]
+    scores: dict
+    label_counts: dict                              # label name (or id as str) -> count in the top-k
+
+    @property
+    def polysemanticity(self) -> float | None:
+        """The score the viewer sorts by: an explicit ``polysemanticity`` score if mining wrote one,
+        else the top-k label ``entropy``, else ``concept_count``."""
+        for key in ("polysemanticity", "entropy", "concept_count"):
+            if self.scores.get(key) is not None:
+                return float(self.scores[key])
+        return None
+
+
+@dataclass(frozen=True)
+class SAERecord:
+    name: str
+    layer: str
+    config: dict
+    metrics: dict
+    path: str | None
+
+
+@dataclass(frozen=True)
+class Feature:
+    unit_id: str
+    sae: str
+    decoder_top: list[tuple[int, float]]            # (channel, decoder weight), strongest first
+    freq: float | None
+    mean_act: float | None
+
+
+@dataclass(frozen=True)
+class SplitFeature:
+    unit_id: str
+    share: float | None
+    cosine: float | None
+    freq: float | None
+
+
+@dataclass(frozen=True)
+class Split:
+    layer: str
+    channel: int
+    sae: str
+    features: list[SplitFeature]
+
+    @property
+    def channel_id(self) -> str:
+        return f"{self.layer}:{self.channel}"

@@ -1,0 +1,106 @@
+"""Example crops and heatmap overlays, rendered from mining records and the source images.
+
+An example records ``(image_id, y, x)``: a position on the layer's activation grid. Its pixels
+are recovered by reopening the data source, reproducing the model-input image with
+:func:`circuitsviz.data.preprocess_image`, and cutting out the receptive field of ``(y, x)``:
+the centre of grid position ``p`` is ``offset + p * stride`` input pixels, and the field spans
+``size`` pixels around it, clipped to the image.
+
+Renders are cached as PNGs under ``cache/renders/``, each named by the hash of everything that
+decides its pixels, so a render is computed once and identical requests share one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..errors import BadInputError
+from .blobs import atomic_write, png_bytes
+
+RENDER_VERSION = 1  # bump when the drawing below changes, so old cached renders are not reused
+MODES = ("crop", "full", "overlay")
+
+
+def receptive_box(rf: tuple[float, float, float] | None, y: int, x: int, input_size: int) -> tuple[int, int, int, int]:
+    """The ``(left, top, right, bottom)`` input-pixel box seen by grid position ``(y, x)``.
+
+    >>> receptive_box((32, 16, 8), 0, 1, 64)     # centre (8, 24): rows 0..24 clipped, cols 8..40
+    (8, 0, 40, 24)
+    >>> receptive_box(None, 3, 3, 64)            # no receptive field recorded: the whole image
+    (0, 0, 64, 64)
+    """
+    if rf is None:
+        return (0, 0, input_size, input_size)
+    size, stride, offset = rf
+    cy, cx, half = offset + y * stride, offset + x * stride, size / 2
+
+    def span(c: float) -> tuple[int, int]:
+        lo, hi = max(0, math.floor(c - half)), min(input_size, math.ceil(c + half))
+        return (lo, hi) if hi > lo else (0, input_size)
+
+    (top, bottom), (left, right) = span(cy), span(cx)
+    return (left, top, right, bottom)
+
+
+def heat_colours(a: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to a dark-red → yellow ramp (``H x W x 3`` floats in [0, 255])."""
+    r = np.clip(a * 2.0, 0, 1) * 255
+    g = np.clip(a * 2.0 - 1.0, 0, 1) * 255
+    return np.stack([r, g, np.zeros_like(a)], axis=-1)
+
+
+def draw_overlay(image: Image.Image, actmap: np.ndarray | None, box: tuple[int, int, int, int]) -> Image.Image:
+    """``image`` with the positive part of ``actmap`` blended in as heat, and ``box`` outlined."""
+    out = image.copy()
+    if actmap is not None:
+        a = np.clip(np.asarray(actmap, dtype=np.float32), 0, None)
+        a = a / a.max() if a.max() > 0 else a
+        a = np.asarray(Image.fromarray(a, mode="F").resize(image.size, Image.BILINEAR))[..., None]
+        pixels = np.asarray(image, dtype=np.float32)
+        blended = pixels * (1 - 0.6 * a) + heat_colours(a[..., 0]) * 0.6 * a
+        out = Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), "RGB")
+    ImageDraw.Draw(out).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=(255, 230, 0),
+                                  width=max(1, image.size[0] // 100))
+    return out
+
+
+def render_view(image: Image.Image, rf, y: int, x: int, mode: str, size: int,
+                actmap: np.ndarray | None = None) -> Image.Image:
+    """Render one view of a model-input ``image`` for grid position ``(y, x)``."""
+    if mode not in MODES:
+        raise BadInputError(f"unknown render mode {mode!r}; valid: {', '.join(MODES)}")
+    box = receptive_box(rf, y, x, image.size[0])
+    if mode == "crop":
+        view = image.crop(box)
+    else:
+        view = draw_overlay(image, actmap if mode == "overlay" else None, box)
+    scale = size / max(view.size)
+    return view.resize((max(1, round(view.size[0] * scale)), max(1, round(view.size[1] * scale))), Image.BICUBIC)
+
+
+def render_example(run, example, mode: str = "crop", size: int = 128) -> Path:
+    """Render (or find in the cache) one view of a recorded example of ``run``; returns its PNG."""
+    from ..data import preprocess_image
+    from ..units import Unit
+
+    info = run.info()
+    spec = info.data_source or {}
+    input_size = int(info.input_size or spec.get("size") or 224)
+    layer = Unit.parse(example.unit_id).layer
+    rf = run.layer(layer).rf if layer in {r.name for r in run.layers()} else None
+    actmap = getattr(example, "actmap", None) if mode == "overlay" else None
+    key = json.dumps([RENDER_VERSION, spec, input_size, example.image_id, example.y, example.x, rf, mode, size,
+                      None if actmap is None else hashlib.sha256(np.asarray(actmap).tobytes()).hexdigest()],
+                     sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    path = run.cache_dir / "renders" / digest[:2] / f"{digest}.png"
+    if not path.exists():
+        image = preprocess_image(run.source().load_image(example.image_id), input_size)
+        atomic_write(path, png_bytes(render_view(image, rf, example.y, example.x, mode, size, actmap)))
+    return path

@@ -1,0 +1,514 @@
+"""``Run``: one study's results on disk, written by jobs and read by the viewer and by scripts.
+
+>>> run = open_run("runs/cat", create=True)                              # doctest: +SKIP
+>>> run.put_layer("mixed4e", 832, 14, 14, rf=(139, 16, 7.5))            # doctest: +SKIP
+>>> run.put_examples("mixed4e:55", [dict(rank=0, image_id="a.jpg", value=9.1, y=3, x=4, label=1)])  # doctest: +SKIP
+>>> [e.image_id for e in open_run("runs/cat").examples("mixed4e:55")]   # doctest: +SKIP
+['a.jpg']
+
+Every ``put_*`` is one SQLite transaction, and PNGs are renamed into place before the row that
+names them commits, so a reader (the viewer) never sees half a record and a killed job leaves at
+most an unreferenced PNG behind. Group several puts into one transaction with ``run.batch()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadInputError, CircuitsvizError, UnknownNameError
+from ..units import Unit
+from .blobs import BlobStore
+from .records import (
+    Example, Feature, LayerRecord, QuantileExample, RunInfo, SAERecord, Split, SplitFeature, Stats,
+    UnitRecord, Visualization,
+)
+from .schema import ensure_schema
+
+INDEX_NAME = "index.sqlite"
+VIS_KINDS = ("positive", "negative", "diversity", "neuron")
+EXAMPLE_KINDS = ("max", "mean")
+
+
+def open_run(path: str | Path, create: bool = False) -> "Run":
+    """Open the run directory at ``path`` (``create=True`` makes a new one if it is missing).
+
+    >>> run = open_run("runs/demo")                   # doctest: +SKIP
+    >>> [u.id for u in run.units("mixed4e")][:2]      # doctest: +SKIP
+    ['mixed4e:0', 'mixed4e:1']
+    """
+    return Run(path, create=create)
+
+
+def _json(value) -> str:
+    def plain(o):
+        if hasattr(o, "tolist"):  # numpy arrays and scalars, torch tensors
+            return o.tolist()
+        if isinstance(o, (set, tuple)):
+            return list(o)
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"cannot store {type(o).__name__} as JSON")
+
+    return json.dumps(value, default=plain, sort_keys=True)
+
+
+def _opt_float(v) -> float | None:
+    return None if v is None else float(v)
+
+
+def _actmap_bytes(actmap) -> bytes | None:
+    if actmap is None:
+        return None
+    arr = np.asarray(actmap.detach().cpu() if hasattr(actmap, "detach") else actmap, dtype=np.float32)
+    if arr.ndim != 2:
+        raise BadInputError(f"an example's actmap must be a 2-D (H x W) array, got shape {arr.shape}")
+    buf = io.BytesIO()
+    np.save(buf, arr.astype(np.float16), allow_pickle=False)  # heatmaps need no more precision
+    return buf.getvalue()
+
+
+def _actmap_array(blob: bytes | None) -> np.ndarray | None:
+    return None if blob is None else np.load(io.BytesIO(blob), allow_pickle=False).astype(np.float32)
+
+
+class Run:
+    """A run directory: ``index.sqlite`` (WAL) plus ``images/`` (content-addressed PNGs) and
+    ``cache/`` (rendered example crops). See ``circuitsviz/store/SPEC.md``.
+
+    One ``Run`` may be shared between threads (the viewer does); calls are serialised by a lock.
+    """
+
+    def __init__(self, path: str | Path, create: bool = False) -> None:
+        self.path = Path(path).expanduser()
+        index = self.path / INDEX_NAME
+        if not index.exists():
+            if not create:
+                hint = " (it is a folder, but holds no index.sqlite)" if self.path.is_dir() else ""
+                raise BadInputError(
+                    f"no circuitsviz run at {str(path)!r}{hint}; runs are made by `circuitsviz study`, "
+                    "`circuitsviz mine --out DIR` and friends, or open_run(path, create=True)"
+                )
+            self.path.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(self.path / "images")
+        self.cache_dir = self.path / "cache"
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._source = None
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly one put.
+        self._conn = sqlite3.connect(index, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._conn.execute("PRAGMA busy_timeout = 30000")
+        if self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+            raise CircuitsvizError(f"could not switch {index} to WAL mode (is it on a network filesystem?)")
+        self._conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; atomic always
+        try:
+            ensure_schema(self._conn, str(self.path), create=True)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # ---------------------------------------------------------------- transactions
+    @contextlib.contextmanager
+    def batch(self) -> Iterator["Run"]:
+        """Make every put inside the block one transaction: readers see all of it or none.
+
+        >>> with run.batch():                                      # doctest: +SKIP
+        ...     run.put_examples(uid, rows); run.put_stats(uid, max=3.2)
+        """
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._conn.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield self
+            except BaseException:
+                self._depth -= 1
+                if outer:
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if outer:
+                self._conn.execute(
+                    "INSERT INTO meta VALUES ('revision', '1') "
+                    "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+                )
+                self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator["Run"]:
+        """Read several things from one consistent state of the index (a read transaction)."""
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._conn.execute("BEGIN")
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+                if outer:
+                    self._conn.execute("COMMIT")
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    def revision(self) -> int:
+        """A counter that grows with every committed write: a cheap cache key for readers."""
+        row = self._rows("SELECT value FROM meta WHERE key = 'revision'")
+        return int(row[0][0]) if row else 0
+
+    # ---------------------------------------------------------------- write API
+    def _set_meta(self, **values) -> None:
+        with self.batch():
+            for k, v in values.items():
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, _json(v)))
+
+    def set_info(self, model: str | None = None, weights_sha256: str | None = None,
+                 input_size: int | None = None, settings: dict | None = None) -> None:
+        """Record what produced this run: the model, its weights' hash, input size and settings."""
+        self._set_meta(model=model, weights_sha256=weights_sha256,
+                       input_size=None if input_size is None else int(input_size), settings=settings or {})
+
+    def set_data_source(self, spec: dict, classes: list[str] | None = None) -> None:
+        """Record the dataset (``dataset.spec()``) that examples' ``image_id`` s point into."""
+        if not isinstance(spec, dict) or "kind" not in spec:
+            raise BadInputError(f"a data source spec is a dict with a 'kind' (dataset.spec()), got {spec!r}")
+        self._set_meta(data_source=spec, classes=list(classes) if classes is not None else None)
+        self._source = None
+
+    def put_layer(self, name: str, channels: int, height: int | None = None, width: int | None = None,
+                  branches: Iterable = (), rf: tuple[float, float, float] | None = None) -> None:
+        """Record a layer: width, spatial size, branch ranges ``(name, start, stop)`` (or
+        ``Branch`` objects) and receptive field ``(size, stride, offset)`` in input pixels."""
+        br = [(b.name, b.start, b.stop) if hasattr(b, "start") else tuple(b) for b in branches]
+        rf = None if rf is None else tuple(float(v) for v in rf)
+        if rf is not None and len(rf) != 3:
+            raise BadInputError(f"rf must be (size, stride, offset), got {rf!r}")
+        with self.batch():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, int(channels), height, width, _json(br), *(rf or (None, None, None))),
+            )
+
+    def add_units(self, units: Iterable[dict | str | Unit]) -> None:
+        """Register units: dicts ``{"id", "layer", "index", "kind"}``, id strings or ``Unit`` s."""
+        with self.batch():
+            for u in units:
+                self._add_unit(u)
+
+    def _add_unit(self, u: dict | str | Unit) -> str:
+        parsed = Unit.parse(u["id"] if isinstance(u, dict) else str(u))
+        if isinstance(u, dict):
+            given = (u.get("layer", parsed.layer), int(u.get("index", parsed.index)), u.get("kind", parsed.kind))
+            if given != (parsed.layer, parsed.index, parsed.kind):
+                raise BadInputError(
+                    f"unit {u['id']!r} says layer/index/kind {given}, but its id means "
+                    f"{(parsed.layer, parsed.index, parsed.kind)}"
+                )
+        y, x = parsed.pos or (None, None)
+        self._conn.execute(
+            "INSERT OR IGNORE INTO units VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (parsed.id, parsed.layer, parsed.index, parsed.kind, parsed.sae, y, x),
+        )
+        return parsed.id
+
+    def put_visualization(self, unit_id: str, image, kind: str = "positive", index: int = 0,
+                          objective: float | None = None, settings: dict | None = None) -> Path:
+        """Store a feature visualization (``H x W x 3`` uint8). Returns the PNG's path."""
+        if kind not in VIS_KINDS:
+            raise UnknownNameError("visualization kind", kind, VIS_KINDS)
+        sha, h, w = self.blobs.put_image(image)  # the file exists before any row names it
+        with self.batch():
+            uid = self._add_unit(unit_id)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO visualizations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (uid, kind, int(index), sha, h, w, _opt_float(objective), _json(settings or {})),
+            )
+        return self.blobs.path(sha)
+
+    def put_examples(self, unit_id: str, rows: Iterable[dict], kind: str = "max") -> None:
+        """Replace a unit's top examples: rows of ``rank, image_id, value, y, x, label`` and an
+        optional ``actmap`` (the unit's small 2-D activation map on that image, for overlays)."""
+        if kind not in EXAMPLE_KINDS:
+            raise UnknownNameError("example kind", kind, EXAMPLE_KINDS)
+        values = [
+            (int(r["rank"]), str(r["image_id"]), float(r["value"]), int(r["y"]), int(r["x"]),
+             int(r.get("label", -1) if r.get("label") is not None else -1), _actmap_bytes(r.get("actmap")))
+            for r in rows
+        ]
+        with self.batch():
+            uid = self._add_unit(unit_id)
+            self._conn.execute("DELETE FROM examples WHERE unit_id = ? AND kind = ?", (uid, kind))
+            self._conn.executemany(
+                "INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(uid, kind, *v) for v in values],
+            )
+
+    def put_quantile_examples(self, unit_id: str, rows: Iterable[dict]) -> None:
+        """Replace a unit's quantile-binned examples: rows of ``bin, image_id, value, y, x``."""
+        rows = list(rows)
+        with self.batch():
+            uid = self._add_unit(unit_id)
+            self._conn.execute("DELETE FROM quantile_examples WHERE unit_id = ?", (uid,))
+            self._conn.executemany(
+                "INSERT INTO quantile_examples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(uid, int(r["bin"]), pos, str(r["image_id"]), float(r["value"]), int(r["y"]), int(r["x"]),
+                  int(r["label"]) if r.get("label") is not None else -1) for pos, r in enumerate(rows)],
+            )
+
+    def put_stats(self, unit_id: str, mean: float | None = None, max: float | None = None,  # noqa: A002
+                  frac_positive: float | None = None, hist_counts: Iterable = (), hist_edges: Iterable = (),
+                  scores: dict | None = None, label_counts: dict | None = None) -> None:
+        """Replace a unit's activation statistics, histogram, scores and top-k label counts."""
+        counts, edges = list(np.asarray(hist_counts).tolist()), list(np.asarray(hist_edges).tolist())
+        if counts and len(edges) != len(counts) + 1:
+            raise BadInputError(f"a histogram with {len(counts)} counts needs {len(counts) + 1} edges, got {len(edges)}")
+        labels = {str(k): v for k, v in (label_counts or {}).items()}
+        with self.batch():
+            uid = self._add_unit(unit_id)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (uid, _opt_float(mean), _opt_float(max), _opt_float(frac_positive), _json(counts),
+                 _json(edges), _json(scores or {}), _json(labels)),
+            )
+
+    def put_sae(self, name: str, layer: str, config: dict | None = None, metrics: dict | None = None,
+                path: str | Path | None = None) -> None:
+        """Record an SAE trained on ``layer``: its config, metrics (FVU, L0, ...) and saved files."""
+        with self.batch():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO saes VALUES (?, ?, ?, ?, ?)",
+                (name, layer, _json(config or {}), _json(metrics or {}), None if path is None else str(path)),
+            )
+
+    def put_feature(self, unit_id: str, sae: str | None = None, decoder_top: Iterable = (),
+                    freq: float | None = None, mean_act: float | None = None) -> None:
+        """Record an SAE feature (``layer/sae:index``) with its strongest decoder weights
+        ``[(channel, weight), ...]``, firing frequency and mean activation."""
+        unit = Unit.parse(unit_id)
+        if unit.sae is None or (sae is not None and sae != unit.sae):
+            raise BadInputError(f"feature id {unit_id!r} must name its SAE, e.g. '{unit.layer}/{sae or 'sae'}:{unit.index}'")
+        top = [(int(c), float(w)) for c, w in decoder_top]
+        with self.batch():
+            uid = self._add_unit(unit)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?)",
+                (uid, unit.sae, _json(top), _opt_float(freq), _opt_float(mean_act)),
+            )
+            self._conn.execute("DELETE FROM feature_writes WHERE unit_id = ?", (uid,))
+            self._conn.executemany("INSERT OR REPLACE INTO feature_writes VALUES (?, ?, ?, ?)",
+                                   [(uid, unit.layer, c, w) for c, w in top])
+
+    def put_split(self, layer: str, channel: int, sae: str, features: Iterable[dict]) -> None:
+        """Record how ``sae`` splits ``layer:channel``: ranked features with ``unit_id, share,
+        cosine, freq`` (best first)."""
+        rows = list(features)
+        with self.batch():
+            self._conn.execute("DELETE FROM splits WHERE layer = ? AND channel = ? AND sae = ?",
+                               (layer, int(channel), sae))
+            for rank, f in enumerate(rows):
+                uid = self._add_unit(f["unit_id"])
+                self._conn.execute(
+                    "INSERT INTO splits VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (layer, int(channel), sae, rank, uid, _opt_float(f.get("share")),
+                     _opt_float(f.get("cosine")), _opt_float(f.get("freq"))),
+                )
+
+    def mark_done(self, step: str, key: str) -> None:
+        """Note that ``step`` finished for ``key``, so a re-run of the pipeline can skip it."""
+        with self.batch():
+            self._conn.execute("INSERT OR REPLACE INTO done VALUES (?, ?, ?)", (step, str(key), time.time()))
+
+    def is_done(self, step: str, key: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM done WHERE step = ? AND key = ?", (step, str(key))))
+
+    # ---------------------------------------------------------------- read API
+    def _meta(self) -> dict:
+        return {k: json.loads(v) for k, v in self._rows("SELECT key, value FROM meta")}
+
+    def info(self) -> RunInfo:
+        m = self._meta()
+        return RunInfo(m.get("model"), m.get("weights_sha256"), m.get("input_size"), m.get("settings") or {},
+                       m.get("data_source"), m.get("classes"))
+
+    @staticmethod
+    def _layer(row) -> LayerRecord:
+        name, channels, h, w, branches, size, stride, offset = row
+        rf = None if size is None else (size, stride, offset)
+        return LayerRecord(name, channels, h, w, [tuple(b) for b in json.loads(branches)], rf)
+
+    def layers(self) -> list[LayerRecord]:
+        """Layers in the order they were recorded."""
+        return [self._layer(r) for r in self._rows("SELECT * FROM layers ORDER BY rowid")]
+
+    def layer(self, name: str) -> LayerRecord:
+        rows = self._rows("SELECT * FROM layers WHERE name = ?", (name,))
+        if not rows:
+            raise UnknownNameError("layer", name, [r.name for r in self.layers()])
+        return self._layer(rows[0])
+
+    @staticmethod
+    def _unit(row) -> UnitRecord:
+        uid, layer, idx, kind, sae, y, x = row
+        return UnitRecord(uid, layer, idx, kind, sae, None if y is None else (y, x))
+
+    def units(self, layer: str | None = None, kind: str | None = None, sae: str | None = None) -> list[UnitRecord]:
+        """Units, optionally of one layer / kind (channel, neuron, feature) / SAE, by index."""
+        sql, args = "SELECT * FROM units WHERE 1=1", []
+        for col, val in (("layer", layer), ("kind", kind), ("sae", sae)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                args.append(val)
+        return [self._unit(r) for r in self._rows(sql + " ORDER BY layer, sae, idx, y, x", tuple(args))]
+
+    def unit(self, unit_id: str) -> UnitRecord:
+        """One unit by id; an unknown id raises ``UnknownNameError`` with close matches."""
+        rows = self._rows("SELECT * FROM units WHERE id = ?", (unit_id,))
+        if not rows:
+            raise UnknownNameError("unit", unit_id, [r[0] for r in self._rows("SELECT id FROM units ORDER BY rowid")])
+        return self._unit(rows[0])
+
+    def _vis(self, row) -> Visualization:
+        uid, kind, idx, sha, h, w, objective, settings = row
+        return Visualization(uid, kind, idx, self.blobs.path(sha), h, w, objective, json.loads(settings))
+
+    def visualizations(self, unit_id: str, kind: str | None = None) -> list[Visualization]:
+        sql = "SELECT * FROM visualizations WHERE unit_id = ?" + (" AND kind = ?" if kind else "")
+        args = (unit_id, kind) if kind else (unit_id,)
+        return [self._vis(r) for r in self._rows(sql + " ORDER BY kind, idx", args)]
+
+    def layer_visualizations(self, layer: str, kind: str = "positive") -> dict[str, Visualization]:
+        """The first visualization of ``kind`` for every unit of ``layer`` (for grids)."""
+        rows = self._rows(
+            "SELECT v.* FROM visualizations v JOIN units u ON u.id = v.unit_id "
+            "WHERE u.layer = ? AND v.kind = ? AND v.idx = 0", (layer, kind))
+        return {r[0]: self._vis(r) for r in rows}
+
+    def examples(self, unit_id: str, kind: str = "max") -> list[Example]:
+        rows = self._rows("SELECT * FROM examples WHERE unit_id = ? AND kind = ? ORDER BY rank", (unit_id, kind))
+        return [Example(*r[:8], actmap=_actmap_array(r[8])) for r in rows]
+
+    def quantile_examples(self, unit_id: str) -> list[QuantileExample]:
+        rows = self._rows("SELECT unit_id, bin, image_id, value, y, x, label FROM quantile_examples "
+                          "WHERE unit_id = ? ORDER BY bin, pos", (unit_id,))
+        return [QuantileExample(*r) for r in rows]
+
+    @staticmethod
+    def _stats(row) -> Stats:
+        uid, mean, mx, frac, counts, edges, scores, labels = row
+        return Stats(uid, mean, mx, frac, json.loads(counts), json.loads(edges), json.loads(scores), json.loads(labels))
+
+    def stats(self, unit_id: str) -> Stats | None:
+        rows = self._rows("SELECT * FROM stats WHERE unit_id = ?", (unit_id,))
+        return self._stats(rows[0]) if rows else None
+
+    def layer_stats(self, layer: str) -> dict[str, Stats]:
+        """Stats of every unit of ``layer`` in one query (for sorting grids)."""
+        rows = self._rows("SELECT s.* FROM stats s JOIN units u ON u.id = s.unit_id WHERE u.layer = ?", (layer,))
+        return {r[0]: self._stats(r) for r in rows}
+
+    @staticmethod
+    def _sae(row) -> SAERecord:
+        name, layer, config, metrics, path = row
+        return SAERecord(name, layer, json.loads(config), json.loads(metrics), path)
+
+    def saes(self, layer: str | None = None) -> list[SAERecord]:
+        sql, args = ("SELECT * FROM saes WHERE layer = ?", (layer,)) if layer else ("SELECT * FROM saes", ())
+        return [self._sae(r) for r in self._rows(sql + " ORDER BY rowid", args)]
+
+    def sae(self, name: str) -> SAERecord:
+        rows = self._rows("SELECT * FROM saes WHERE name = ?", (name,))
+        if not rows:
+            raise UnknownNameError("SAE", name, [s.name for s in self.saes()])
+        return self._sae(rows[0])
+
+    @staticmethod
+    def _feature(row) -> Feature:
+        uid, sae, top, freq, mean_act = row
+        return Feature(uid, sae, [tuple(t) for t in json.loads(top)], freq, mean_act)
+
+    def feature(self, unit_id: str) -> Feature | None:
+        rows = self._rows("SELECT * FROM features WHERE unit_id = ?", (unit_id,))
+        return self._feature(rows[0]) if rows else None
+
+    def features(self, sae: str | None = None) -> list[Feature]:
+        sql, args = ("SELECT * FROM features WHERE sae = ?", (sae,)) if sae else ("SELECT * FROM features", ())
+        return [self._feature(r) for r in self._rows(sql + " ORDER BY rowid", args)]
+
+    def features_of_channel(self, layer: str, channel: int, limit: int | None = None) -> list[tuple[Feature, float]]:
+        """SAE features whose top decoder weights include ``layer:channel``, strongest write first."""
+        rows = self._rows(
+            "SELECT f.*, w.weight FROM feature_writes w JOIN features f ON f.unit_id = w.unit_id "
+            "WHERE w.layer = ? AND w.channel = ? ORDER BY w.weight DESC" + (" LIMIT ?" if limit else ""),
+            (layer, int(channel), limit) if limit else (layer, int(channel)),
+        )
+        return [(self._feature(r[:5]), r[5]) for r in rows]
+
+    def splits(self, layer: str | None = None) -> list[Split]:
+        """Every recorded channel split (optionally of one layer), in channel order."""
+        sql, args = "SELECT * FROM splits", ()
+        if layer:
+            sql, args = sql + " WHERE layer = ?", (layer,)
+        groups: dict[tuple, list[SplitFeature]] = {}
+        for lay, ch, sae, _rank, uid, share, cos, freq in self._rows(sql + " ORDER BY layer, channel, sae, rank", args):
+            groups.setdefault((lay, ch, sae), []).append(SplitFeature(uid, share, cos, freq))
+        return [Split(lay, ch, sae, feats) for (lay, ch, sae), feats in groups.items()]
+
+    def split(self, layer: str, channel: int, sae: str | None = None) -> Split | None:
+        """The split of ``layer:channel`` (by ``sae``, or by the first SAE that split it)."""
+        found = [s for s in self.splits(layer) if s.channel == int(channel) and (sae is None or s.sae == sae)]
+        return found[0] if found else None
+
+    # ---------------------------------------------------------------- checks
+    def verify(self) -> list[str]:
+        """Problems with this run (an empty list when it is consistent): SQLite's integrity
+        check, plus every PNG a row names must exist."""
+        problems = [r[0] for r in self._rows("PRAGMA integrity_check") if r[0] != "ok"]
+        for (sha,) in self._rows("SELECT DISTINCT sha256 FROM visualizations"):
+            if not self.blobs.path(sha).is_file():
+                problems.append(f"missing image {self.blobs.path(sha)}")
+        return problems
+
+    # ---------------------------------------------------------------- rendered crops
+    def source(self):
+        """The dataset the examples point into, reopened from the recorded spec."""
+        if self._source is None:
+            spec = self.info().data_source
+            if not spec:
+                raise CircuitsvizError(f"run {str(self.path)!r} has no data source; mining records it "
+                                       "(run.set_data_source(dataset.spec()))")
+            from ..data import open_source
+
+            self._source = open_source(spec)
+        return self._source
+
+    def example_image(self, example: Example | QuantileExample, mode: str = "crop", size: int = 128) -> Path:
+        """The PNG of an example: ``crop`` (its receptive field), ``full`` (the model-input image
+        with the field boxed) or ``overlay`` (``full`` plus the activation heatmap). Rendered from
+        the source image once, then cached under ``cache/``."""
+        from .render import render_example
+
+        return render_example(self, example, mode, size)

@@ -1,0 +1,87 @@
+"""The SQLite schema of a run's index, and its version check.
+
+The version lives in ``PRAGMA user_version``. A run written by a newer circuitsviz (a higher
+version than :data:`SCHEMA_VERSION`) is refused with :class:`StoreVersionError` instead of being
+misread; an older one is upgraded in place by the steps in :data:`MIGRATIONS`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from ..errors import CircuitsvizError
+
+SCHEMA_VERSION = 1
+
+# JSON columns hold small, schema-free payloads (settings, metrics, branch tables);
+# everything the viewer filters or sorts on is a real column.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS layers (
+    name TEXT PRIMARY KEY, channels INTEGER NOT NULL, height INTEGER, width INTEGER,
+    branches TEXT NOT NULL DEFAULT '[]', rf_size REAL, rf_stride REAL, rf_offset REAL);
+CREATE TABLE IF NOT EXISTS units (
+    id TEXT PRIMARY KEY, layer TEXT NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL,
+    sae TEXT, y INTEGER, x INTEGER);
+CREATE INDEX IF NOT EXISTS units_by_layer ON units (layer, kind, idx);
+CREATE TABLE IF NOT EXISTS visualizations (
+    unit_id TEXT NOT NULL, kind TEXT NOT NULL, idx INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    height INTEGER NOT NULL, width INTEGER NOT NULL, objective REAL, settings TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (unit_id, kind, idx));
+CREATE TABLE IF NOT EXISTS examples (
+    unit_id TEXT NOT NULL, kind TEXT NOT NULL, rank INTEGER NOT NULL, image_id TEXT NOT NULL,
+    value REAL NOT NULL, y INTEGER NOT NULL, x INTEGER NOT NULL, label INTEGER NOT NULL DEFAULT -1,
+    actmap BLOB, PRIMARY KEY (unit_id, kind, rank));
+CREATE TABLE IF NOT EXISTS quantile_examples (
+    unit_id TEXT NOT NULL, bin INTEGER NOT NULL, pos INTEGER NOT NULL, image_id TEXT NOT NULL,
+    value REAL NOT NULL, y INTEGER NOT NULL, x INTEGER NOT NULL, label INTEGER NOT NULL DEFAULT -1,
+    PRIMARY KEY (unit_id, bin, pos));
+CREATE TABLE IF NOT EXISTS stats (
+    unit_id TEXT PRIMARY KEY, mean REAL, max REAL, frac_positive REAL,
+    hist_counts TEXT NOT NULL DEFAULT '[]', hist_edges TEXT NOT NULL DEFAULT '[]',
+    scores TEXT NOT NULL DEFAULT '{}', label_counts TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS saes (
+    name TEXT PRIMARY KEY, layer TEXT NOT NULL, config TEXT NOT NULL DEFAULT '{}',
+    metrics TEXT NOT NULL DEFAULT '{}', path TEXT);
+CREATE TABLE IF NOT EXISTS features (
+    unit_id TEXT PRIMARY KEY, sae TEXT NOT NULL, decoder_top TEXT NOT NULL DEFAULT '[]',
+    freq REAL, mean_act REAL);
+-- one row per (feature, channel) of a feature's top decoder weights, so "which features write
+-- into mixed4e:55" is an index lookup rather than a scan of every feature's JSON.
+CREATE TABLE IF NOT EXISTS feature_writes (
+    unit_id TEXT NOT NULL, layer TEXT NOT NULL, channel INTEGER NOT NULL, weight REAL NOT NULL,
+    PRIMARY KEY (unit_id, channel));
+CREATE INDEX IF NOT EXISTS feature_writes_by_channel ON feature_writes (layer, channel);
+CREATE TABLE IF NOT EXISTS splits (
+    layer TEXT NOT NULL, channel INTEGER NOT NULL, sae TEXT NOT NULL, rank INTEGER NOT NULL,
+    unit_id TEXT NOT NULL, share REAL, cosine REAL, freq REAL,
+    PRIMARY KEY (layer, channel, sae, rank));
+CREATE TABLE IF NOT EXISTS done (step TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (step, key));
+"""
+
+# version -> SQL that upgrades version-1 to version. Empty while there is one version.
+MIGRATIONS: dict[int, str] = {}
+
+
+class StoreVersionError(CircuitsvizError, RuntimeError):
+    """The run was written by a schema version this circuitsviz does not know."""
+
+
+def ensure_schema(conn: sqlite3.Connection, path: str, create: bool) -> None:
+    """Create the tables (new run), upgrade an older run, or refuse a newer one."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreVersionError(
+            f"run {path!r} uses store schema version {version}, but this circuitsviz reads versions "
+            f"up to {SCHEMA_VERSION}; upgrade circuitsviz (pip install -U circuitsviz) to open it"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    if version == 0 and not create:
+        has_tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+        if not has_tables:
+            return  # an empty index opened read-only: nothing to upgrade, nothing to read
+    # One script, one transaction: a half-created or half-upgraded index is never left behind.
+    steps = SCHEMA if version == 0 else "".join(MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
+    conn.executescript(f"BEGIN IMMEDIATE; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
