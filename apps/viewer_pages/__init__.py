@@ -1,0 +1,1 @@
+"""The viewer's pages (``apps/viewer.py`` wires them into ``st.navigation``)."""
