@@ -24,7 +24,8 @@ def visualizations(run: str, view: UnitView, model: str | None, kinds=("positive
     cols = st.columns(max(len(present), 1) + (1 if "diversity" in by_kind else 0))
     for col, kind in zip(cols, present):
         v = by_kind[kind][0]
-        col.image(str(v.path), caption=f"{VIS_TITLES[kind]} · objective {fmt(v.objective)}", width="stretch")
+        title = "Feature" if kind == "positive" and view.unit.kind == "feature" else VIS_TITLES[kind]
+        col.image(str(v.path), caption=f"{title} · objective {fmt(v.objective)}", width="stretch")
     if "diversity" in by_kind:
         with cols[-1]:
             st.caption("Diversity")
