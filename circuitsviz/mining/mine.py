@@ -269,7 +269,7 @@ def mine(
     dataset = _Pairs(as_dataset(data, model))
     inner = dataset.dataset
     config = {
-        "model": model.name, "weights": model.weights_sha256 or _fingerprint(model),
+        "model": model.name, "weights": model.weights_sha256 or _fingerprint(model), "input_size": model.input_size,
         "data": inner.spec() if hasattr(inner, "spec") else {"type": type(inner).__qualname__},
         "n": len(dataset), "layers": layers, "k": k, "batch_size": batch_size, "mean_top_k": mean_top_k, "hist_bins": hist_bins,
         "hist_range": list(hist_range) if hist_range else None, "calibration": calibration,

@@ -8,6 +8,7 @@ temporary name and moved into place with ``os.replace``, so a checkpoint is neve
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -74,7 +75,8 @@ def write_to_run(result: MiningResult, run, dataset, *, sae: str | None = None, 
                  quantile_groups: int = 10) -> int:
     """Write examples, quantile examples and statistics of every unit into a store run.
 
-    ``dataset`` maps indices back to image ids. With ``sae`` the units are that SAE's features
+    ``dataset`` maps indices back to image ids. Label counts are those of each unit's top-k.
+    With ``sae`` the units are that SAE's features
     (``layer/sae:i``) and the layer row is left as it is. ``model`` (optional) supplies branch
     ranges. Returns the number of units written.
 
@@ -85,36 +87,50 @@ def write_to_run(result: MiningResult, run, dataset, *, sae: str | None = None, 
         raise ValueError(f"result covers {result.done} of {result.total} images; finish or merge it first")
     written = 0
     for name, r in result.layers.items():
-        if sae is None:
-            branches = [(b.name, b.start, b.stop) for b in model.layer(name).branches] if model is not None else []
-            run.put_layer(name, r.units, r.height, r.width, branches=branches,
-                          rf=r.rf.as_tuple() if r.rf is not None else None)
-        ids = [Unit(name, u, sae=sae).id for u in range(r.units)]
-        run.add_units([{"id": uid, "layer": name, "index": u, "kind": "feature" if sae else "channel"}
-                       for u, uid in enumerate(ids)])
-        stats = result.stats(name)
-        ys, xs = r.top_yx()
-        classes = result.classes
-        for u, uid in enumerate(ids):
-            run.put_examples(uid, _rows(dataset, r.top_value[u], r.top_index[u], ys[u], xs[u], r.top_label[u]), kind="max")
-            if r.mean_value is not None:
-                run.put_examples(uid, _rows(dataset, r.mean_value[u], r.mean_index[u], r.mean_pos[u] // r.width,
-                                            r.mean_pos[u] % r.width, r.mean_label[u]), kind="mean")
-            run.put_quantile_examples(uid, [
-                dict(bin=g, image_id=_image_id(dataset, i), value=v, y=p // r.width, x=p % r.width)
-                for g, i, v, p in result.quantile_examples(name, u, quantile_groups)
-            ])
-            labels = {(classes[l] if classes and l < len(classes) else str(l)): int(n)
-                      for l, n in enumerate(result.label_count) if n}
-            run.put_stats(
-                uid, mean=float(stats["mean"][u]), max=float(stats["max"][u]),
-                frac_positive=float(stats["frac_positive"][u]), hist_counts=r.hist_counts[u].tolist(),
-                hist_edges=r.hist_edges[u].tolist(),
-                scores={key: _plain(stats[key][u]) for key in ("purity", "entropy", "concept_count")},
-                label_counts=labels,
-            )
-            written += 1
+        with run.batch() if hasattr(run, "batch") else contextlib.nullcontext():  # one transaction per layer
+            written += _write_layer(result, r, run, dataset, sae, model, quantile_groups)
     return written
+
+
+def _write_layer(result: MiningResult, r: LayerResult, run, dataset, sae, model, quantile_groups: int) -> int:
+    name = r.name
+    if sae is None:
+        branches = [(b.name, b.start, b.stop) for b in model.layer(name).branches] if model is not None else []
+        run.put_layer(name, r.units, r.height, r.width, branches=branches, rf=_store_rf(r.rf))
+    ids = [Unit(name, u, sae=sae).id for u in range(r.units)]
+    run.add_units([{"id": uid, "layer": name, "index": u, "kind": "feature" if sae else "channel"}
+                   for u, uid in enumerate(ids)])
+    stats = result.stats(name)
+    ys, xs = r.top_yx()
+    classes = result.classes
+    for u, uid in enumerate(ids):
+        run.put_examples(uid, _rows(dataset, r.top_value[u], r.top_index[u], ys[u], xs[u], r.top_label[u]), kind="max")
+        if r.mean_value is not None:
+            run.put_examples(uid, _rows(dataset, r.mean_value[u], r.mean_index[u], r.mean_pos[u] // r.width,
+                                        r.mean_pos[u] % r.width, r.mean_label[u]), kind="mean")
+        run.put_quantile_examples(uid, [
+            dict(bin=g, image_id=_image_id(dataset, i), value=v, y=p // r.width, x=p % r.width)
+            for g, i, v, p in result.quantile_examples(name, u, quantile_groups)
+        ])
+        top = r.top_label[u][(r.top_label[u] >= 0) & (r.top_index[u] >= 0)]
+        labels = {(classes[lab] if classes and lab < len(classes) else str(lab)): int(n)
+                  for lab, n in enumerate(np.bincount(top)) if n}
+        run.put_stats(
+            uid, mean=float(stats["mean"][u]), max=float(stats["max"][u]),
+            frac_positive=float(stats["frac_positive"][u]), hist_counts=r.hist_counts[u].tolist(),
+            hist_edges=r.hist_edges[u].tolist(),
+            scores={key: _plain(stats[key][u]) for key in ("purity", "entropy", "concept_count")},
+            label_counts=labels,
+        )
+    return r.units
+
+
+def _store_rf(rf) -> tuple[float, float, float] | None:
+    """The store's convention: position ``p``'s field is ``size`` pixels centred on ``offset + p * stride``."""
+    if rf is None:
+        return None
+    size, stride, start = rf.as_tuple()
+    return size, stride, start + size / 2
 
 
 def _plain(v):
