@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from circuitsviz.errors import CircuitsvizError
+from circuitsviz.errors import CircuitsvizError, UnknownNameError
 from circuitsviz.store import (
     Example, Feature, LayerRecord, QuantileExample, Run, SAERecord, Split, Stats, UnitRecord, Visualization,
     open_run,
@@ -194,9 +194,10 @@ def current_unit(run: str, default: str | None, page: str) -> UnitView:
         placeholder("This run has no units yet.", command("examples", run))
         st.stop()
     try:
+        Unit.parse(uid)
         return load_unit(run, revision(run), uid)
     except CircuitsvizError as e:
-        st.error(f"Unknown unit id {uid!r} in this run. {e}")
+        st.error(f"Unknown unit id {uid!r} in this run. {e}" if isinstance(e, UnknownNameError) else str(e))
         layer = st.query_params.get("layer")
         link("layer", "Back to the layer overview", run, **({"layer": layer} if layer else {}))
         st.stop()
