@@ -7,7 +7,9 @@ reaches into padding. Convolutions and pools grow the window, pads shift it, poi
 (ReLU, LRN, batch norm, add, ...) keep it, and a concatenation takes the union of its inputs.
 Modules of unknown type are traced into, so any network built from torch.nn spatial ops works.
 
-Max pools make this an upper bound on what a position can *use* for a given image: the field is
+A concatenated layer's field is the union of its branches': the widest branch's units see all
+of it, a 1x1 branch's units a part (its own field is that of the branch's layer, e.g.
+``mixed4e_1x1``). Max pools make this an upper bound on what a position can *use* for a given image: the field is
 what it may see, the argmax path is what it does see. Convolution and average pooling fill it.
 """
 
