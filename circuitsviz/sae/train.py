@@ -1,0 +1,261 @@
+"""Fitting an SAE to a layer: the recipe of openai/sparse_autoencoder and SAELens, in one loop.
+
+1. Inputs are scaled so that their mean squared norm is ``C`` (the scale is stored in the SAE).
+2. The pre-encoder bias starts at the geometric median of the samples.
+3. The decoder starts as random unit rows and the encoder as its transpose.
+4. Each step: Adam, with warm-up and a linear decay to zero over the last 20% of steps, gradient
+   clipping at 1.0, the gradient along each decoder row removed and rows renormalised (TopK).
+5. Features that have not fired for ``dead_after`` samples are "dead"; AuxK trains them on the
+   residual the live features left (coefficient 1/32, ``k_aux = C/2``).
+
+>>> sae = fit_sae(model, "procedural", "mixed4e", expansion=8, k=32, out="runs/x/saes/topk")  # doctest: +SKIP
+>>> sae.metrics["fvu"], sae.metrics["l0"]                                                    # doctest: +SKIP
+(0.11, 32.0)
+
+``out`` holds ``checkpoint.pt`` (written every ``checkpoint_every`` steps), ``train_log.jsonl``
+(the training curve) and the saved SAE; calling ``fit_sae`` again with the same arguments
+resumes from the checkpoint and gives the same SAE as an uninterrupted fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..errors import BadInputError, CircuitsvizError
+from .cache import SampleSource, Sampler, build_cache, check_finite, open_cache
+from .io import save_sae
+from .metrics import evaluate
+from .model import ReluSAE, SparseAutoencoder, TopKSAE
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "train_log.jsonl"
+
+
+def default_lr(n_latents: int) -> float:
+    """openai's scaling ``2e-4 / sqrt(F / 2^14)``, capped so tiny SAEs stay stable."""
+    return min(2e-4 / math.sqrt(n_latents / 2**14), 4e-3)
+
+
+def geometric_median(x: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of distances to the rows of ``x``."""
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1 / (x - m).norm(dim=1).clamp_min(eps)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        if (new - m).norm() < eps * (1 + m.norm()):
+            return new
+        m = new
+    return m
+
+
+def resolve_samples(model, data, layer: str, *, sampler: Sampler, seed: int, n_images: int,
+                    cache_root: str | Path | None, dtype: str, heldout: float, progress: bool) -> SampleSource:
+    """Turn ``data`` into samples of ``layer``: a tensor, a cache, or a dataset to sample from.
+
+    ``data`` may be ``(N, C)`` samples, ``(N, C, H, W)`` activations, a :class:`SampleSource`,
+    an activation-cache directory, or anything :func:`circuitsviz.data.as_dataset` accepts.
+    """
+    if isinstance(data, SampleSource):
+        return data
+    if isinstance(data, torch.Tensor):
+        if data.dim() == 4:
+            check_finite(data)
+            n, c, h, w = data.shape
+            data = data.permute(0, 2, 3, 1).reshape(-1, c)
+        return SampleSource.from_tensor(data, heldout=heldout)
+    if isinstance(data, (str, Path)) and (Path(data) / "metadata.json").exists():
+        return open_cache(data, heldout=heldout)
+    if model is None:
+        raise BadInputError("sampling activations from images needs a model; pass model=... or activation samples")
+    from ..data import as_dataset
+
+    dataset = as_dataset(data, model, n=n_images, seed=seed)
+    root = cache_root or Path("~/.cache/circuitsviz/activations").expanduser()
+    return build_cache(model, dataset, layer, sampler, root=root, seed=seed, dtype=dtype,
+                       heldout=heldout, progress=progress)
+
+
+def fit_sae(
+    model,
+    data,
+    layer: str,
+    *,
+    expansion: int = 8,
+    k: int = 32,
+    kind: str = "topk",
+    l1_coef: float = 5.0,
+    n_latents: int | None = None,
+    steps: int | None = None,
+    batch_size: int = 4096,
+    lr: float | None = None,
+    warmup: float = 0.05,
+    decay: float = 0.2,
+    grad_clip: float = 1.0,
+    dead_after: int | None = None,
+    aux_k: int | None = None,
+    seed: int = 0,
+    sampler: Sampler = Sampler(),
+    n_images: int = 2000,
+    cache_root: str | Path | None = None,
+    dtype: str = "float16",
+    heldout: float = 0.05,
+    out: str | Path | None = None,
+    name: str | None = None,
+    checkpoint_every: int = 500,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    callback: Callable[[int, SparseAutoencoder, dict], None] | None = None,
+) -> SparseAutoencoder:
+    """Fit a TopK (default) or ReLU+L1 SAE with ``expansion * C`` features on ``layer``'s activations.
+
+    Returns the SAE with ``sae.metrics`` (held-out FVU, L0, dead and dense fractions) and
+    ``sae.history`` (the training curve). ``model`` may be ``None`` when ``data`` already holds
+    activation samples. Runs where the model (or the sample tensor) lives unless ``device`` says.
+    """
+    source = resolve_samples(model, data, layer, sampler=sampler, seed=seed, n_images=n_images,
+                             cache_root=cache_root, dtype=dtype, heldout=heldout, progress=progress)
+    c = source.d_in
+    if model is not None:
+        model.layer(layer)
+        if model.channels(layer) != c:
+            raise BadInputError(f"samples have {c} channels but {model.name}:{layer} has {model.channels(layer)}")
+    f = int(n_latents or expansion * c)
+    if kind not in ("topk", "relu"):
+        raise BadInputError(f"unknown SAE kind {kind!r}; valid: topk, relu")
+    if source.n_train < f:
+        raise BadInputError(
+            f"only {source.n_train} training samples for {f} features; an SAE needs more samples than "
+            "features (use more images, a denser sampler, or a smaller expansion)"
+        )
+    batch_size = min(batch_size, max(1, source.n_train // 4))
+    steps = int(steps or min(max(10 * source.n_train // batch_size, 500), 20000))
+    lr = lr or default_lr(f)
+    dead_after = int(dead_after or min(10_000_000, max(steps * batch_size // 20, batch_size)))
+    if device is None:
+        device = model.device if model is not None else (data.device if isinstance(data, torch.Tensor) else "cpu")
+    name = name or (f"topk{k}x{f // c}" if kind == "topk" else f"relux{f // c}")
+
+    common = dict(layer=layer, model=getattr(model, "name", None), name=name)
+    sae = (TopKSAE(c, f, k, aux_k=aux_k, **common) if kind == "topk" else ReluSAE(c, f, l1_coef, **common))
+    sae.config.weights_sha256 = getattr(model, "weights_sha256", None)
+    sae.config.data_hash = source.meta.get("data_hash")
+    settings = dict(kind=kind, n_latents=f, k=k, l1_coef=l1_coef, steps=steps, batch_size=batch_size, lr=lr,
+                    warmup=warmup, decay=decay, grad_clip=grad_clip, dead_after=dead_after, seed=seed,
+                    data_hash=sae.config.data_hash, layer=layer)
+    sae.config.extra["fit"] = settings
+
+    out = Path(out) if out is not None else None
+    state = _load_checkpoint(out, settings) if out is not None else None
+    sae.reset_parameters(torch.Generator().manual_seed(seed))
+    sae.to(device)
+    if state is None:
+        _init_from_data(sae, source.first(min(source.n_train, 16384)).to(device))
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    since_fired = torch.zeros(f, dtype=torch.long, device=device)
+    history: list[dict] = []
+    start = 0
+    if state is not None:
+        sae.load_state_dict(state["sae"])
+        opt.load_state_dict(state["opt"])
+        since_fired = state["since_fired"].to(device)
+        history, start = state["history"], state["step"]
+
+    def schedule(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, int(warmup * steps)))
+        tail = int(decay * steps)
+        return warm * (min(1.0, (steps - step) / tail) if tail else 1.0)
+
+    bar = _bar(steps, start, progress, f"fit-sae {layer}")
+    batches = source.batches(batch_size, seed=seed, start_step=start)
+    log_every = max(1, steps // 200)
+    for step in range(start, steps):
+        x = next(batches).to(device)
+        for g in opt.param_groups:
+            g["lr"] = lr * schedule(step)
+        loss, parts, fired = sae.training_loss(sae.normalize(x), since_fired >= dead_after)
+        if not torch.isfinite(loss):
+            raise CircuitsvizError(f"the SAE loss became {float(loss)} at step {step}; lower the learning rate (now {lr:g})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_grad_()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
+        opt.step()
+        sae.post_step_()
+        since_fired += x.shape[0]
+        since_fired[fired] = 0
+        if step % log_every == 0 or step == steps - 1:
+            row = {"step": step, "loss": float(loss.detach()), **parts, "lr": lr * schedule(step),
+                   "dead_fraction": float((since_fired >= dead_after).float().mean())}
+            history.append(row)
+            _append_log(out, row)
+            bar.set_postfix(mse=f"{parts['mse']:.4f}", dead=f"{row['dead_fraction']:.2f}")
+        bar.update(1)
+        done = step + 1
+        if out is not None and (done % checkpoint_every == 0 or done == steps):
+            _save_checkpoint(out, sae, opt, since_fired, history, done, settings)
+        if callback is not None:
+            callback(done, sae, parts)
+    bar.close()
+
+    sae.eval()
+    held = list(source.heldout_batches()) or [source.first(min(source.n_train, 65536))]
+    metrics = evaluate(sae, held)
+    sae.metrics = {**metrics.summary(), "n_train": source.n_train, "steps": steps}
+    sae.history = history
+    sae.heldout_metrics = metrics
+    if out is not None:
+        save_sae(sae, out)
+    return sae
+
+
+@torch.no_grad()
+def _init_from_data(sae: SparseAutoencoder, x: torch.Tensor) -> None:
+    sae.scale.fill_(math.sqrt(sae.d_in / float(x.double().pow(2).sum(1).mean().clamp_min(1e-12))))
+    sae.b_pre.copy_(geometric_median(sae.normalize(x)))
+
+
+def _settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _load_checkpoint(out: Path, settings: dict) -> dict | None:
+    path = out / CHECKPOINT
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("settings_hash") != _settings_hash(settings):
+        raise BadInputError(
+            f"{path} belongs to a fit with different settings ({state.get('settings')}); "
+            "use another --out directory, or delete the checkpoint to start over"
+        )
+    return state
+
+
+def _save_checkpoint(out: Path, sae, opt, since_fired, history, step: int, settings: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save({"sae": sae.state_dict(), "opt": opt.state_dict(), "since_fired": since_fired.cpu(),
+                "history": history, "step": step, "settings": settings,
+                "settings_hash": _settings_hash(settings)}, tmp)
+    os.replace(tmp, out / CHECKPOINT)
+
+
+def _append_log(out: Path | None, row: dict) -> None:
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOG, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def _bar(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, unit="step")
