@@ -75,7 +75,8 @@ class Sampler:
             else:
                 a = acts[i, self.channel].reshape(-1).clamp_min(0).double().cpu().numpy()
                 p = (1 - self.mix) * a / a.sum() + self.mix / hw if a.sum() > 0 else np.full(hw, 1 / hw)
-                pos = np.sort(rng.choice(hw, size=min(self.per_image, hw), replace=False, p=p / p.sum()))
+                size = min(self.per_image, int((p > 0).sum()))  # mix=0 may leave fewer candidates
+                pos = np.sort(rng.choice(hw, size=size, replace=False, p=p / p.sum()))
             out.append(pos)
         return out
 

@@ -131,6 +131,10 @@ class SparseAutoencoder(nn.Module):
         samples, shape = self._as_samples(x)
         return self._fold(self.code(self.normalize(samples)), shape)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`encode`, so the SAE itself is a mining transform: ``transform={"mixed4e": sae}``."""
+        return self.encode(x)
+
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Raw activations from feature activations: (N, F) -> (N, C), (N, F, H, W) -> (N, C, H, W)."""

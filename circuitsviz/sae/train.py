@@ -166,6 +166,7 @@ def fit_sae(
         opt.load_state_dict(state["opt"])
         since_fired = state["since_fired"].to(device)
         history, start = state["history"], state["step"]
+        _rewrite_log(out, history)  # drop curve rows logged after the checkpoint
 
     def schedule(step: int) -> float:
         warm = min(1.0, (step + 1) / max(1, int(warmup * steps)))
@@ -253,6 +254,10 @@ def _append_log(out: Path | None, row: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / LOG, "a") as fh:
         fh.write(json.dumps(row) + "\n")
+
+
+def _rewrite_log(out: Path, history: list[dict]) -> None:
+    (out / LOG).write_text("".join(json.dumps(row) + "\n" for row in history))
 
 
 def _bar(total: int, initial: int, enabled: bool, desc: str):
