@@ -211,7 +211,7 @@ def _calibrate(model, dataset, layers, transform, count: int, batch_size: int):
     seen = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the mining pass reports unreadable files once
-        for batch in iterate_batches(dataset, batch_size=batch_size):
+        for batch in iterate_batches(dataset, batch_size=min(batch_size, count)):
             if len(batch.indices) == 0:
                 continue
             for name, a in _unit_activations(model, batch.images, layers, transform).items():
