@@ -1,6 +1,6 @@
 """Feature-visualization throughput and quality: circuitsviz ``visualize`` vs lucent ``render_vis``.
 
-    python benchmarks/render.py [--steps 8] [--layers mixed3b,mixed4e] [--device cpu]
+    python benchmarks/render.py [--steps 4] [--layers mixed3b,mixed4e] [--device cpu]
 
 Both render the same 8 channels at 128 px with the same settings (FFT param, standard transforms,
 Adam lr 0.05, the same number of steps), on InceptionV1 with the same random weights (speed does
@@ -84,7 +84,7 @@ def score(model, lmodel, layer: str, channels: list[int], images: list, size: in
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=8, help="steps per render (default: %(default)s; 512 is Lucid's)")
+    ap.add_argument("--steps", type=int, default=4, help="steps per render (default: %(default)s; 512 is Lucid's)")
     ap.add_argument("--layers", default="mixed3b,mixed4e")
     ap.add_argument("--pairings", default="lucid,lucent")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -127,7 +127,7 @@ def test_grating_detector_renders_stripes_of_its_orientation(planted):
 def test_rendered_image_beats_random_fft_images(randnet):
     [r] = _render(randnet, "5:3")
     gens = [torch.Generator().manual_seed(100 + i) for i in range(16)]
-    random_images = torch.cat([fft_image(16, 32, gens, sd=sd)() for sd in (0.01, 0.1)])
+    random_images = torch.cat([fft_image(16, 32, gens, sd=sd)().detach() for sd in (0.01, 0.1)])
     acts = randnet.activations(random_images, "5")
     random_values = channel("5", 3)(acts)
     assert r.objective > float(random_values.max())

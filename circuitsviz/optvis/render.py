@@ -5,6 +5,10 @@ into batches; a batch is one parameterization, one Adam optimiser and one trunca
 step, and each group is scored by its own objective on its own images only. Every image is
 seeded from ``(seed, unit, index)`` alone, so batching changes speed, not pictures.
 
+Reproducibility: on the CPU the same seed and settings give bit-identical images. On CUDA,
+``grid_sample``'s backward (the transforms) and some cuDNN kernels accumulate with atomic adds,
+so images can differ in the last bits between runs; this has not been measured yet.
+
 >>> model = load_model("inceptionv1", pretrained=False)                       # doctest: +SKIP
 >>> [r] = visualize(model, "mixed4e:55", steps=64)                           # doctest: +SKIP
 >>> r.pil().save("mixed4e_55.png")                                           # doctest: +SKIP
