@@ -319,6 +319,7 @@ def open_cache(directory: str | Path, *, heldout: float = 0.05) -> SampleSource:
         for s in meta["shards"] if s["rows"]
     ]
     meta["data_hash"] = directory.name
+    meta["directory"] = str(directory)
     return SampleSource(shards, heldout=heldout, meta=meta)
 
 

@@ -150,6 +150,7 @@ def fit_sae(
                     warmup=warmup, decay=decay, grad_clip=grad_clip, dead_after=dead_after, seed=seed,
                     data_hash=sae.config.data_hash, layer=layer)
     sae.config.extra["fit"] = settings
+    sae.config.extra["cache"] = source.meta.get("directory")  # where split can find samples again
 
     out = Path(out) if out is not None else None
     state = _load_checkpoint(out, settings) if out is not None else None
@@ -157,7 +158,7 @@ def fit_sae(
     sae.to(device)
     if state is None:
         _init_from_data(sae, source.first(min(source.n_train, 16384)).to(device))
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    opt = make_optimizer(sae, lr)
     since_fired = torch.zeros(f, dtype=torch.long, device=device)
     history: list[dict] = []
     start = 0
@@ -180,19 +181,13 @@ def fit_sae(
         x = next(batches).to(device)
         for g in opt.param_groups:
             g["lr"] = lr * schedule(step)
-        loss, parts, fired = sae.training_loss(sae.normalize(x), since_fired >= dead_after)
-        if not torch.isfinite(loss):
-            raise CircuitsvizError(f"the SAE loss became {float(loss)} at step {step}; lower the learning rate (now {lr:g})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sae.remove_parallel_grad_()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
-        opt.step()
-        sae.post_step_()
+        loss, parts, fired = train_step(sae, opt, x, since_fired >= dead_after, grad_clip)
+        if not math.isfinite(loss):
+            raise CircuitsvizError(f"the SAE loss became {loss} at step {step}; lower the learning rate (now {lr:g})")
         since_fired += x.shape[0]
         since_fired[fired] = 0
         if step % log_every == 0 or step == steps - 1:
-            row = {"step": step, "loss": float(loss.detach()), **parts, "lr": lr * schedule(step),
+            row = {"step": step, "loss": loss, **parts, "lr": lr * schedule(step),
                    "dead_fraction": float((since_fired >= dead_after).float().mean())}
             history.append(row)
             _append_log(out, row)
@@ -214,6 +209,27 @@ def fit_sae(
     if out is not None:
         save_sae(sae, out)
     return sae
+
+
+def make_optimizer(sae: SparseAutoencoder, lr: float) -> torch.optim.Adam:
+    """Adam; the fused kernel where this torch has it (about 10x faster than the loop on CPU)."""
+    try:
+        return torch.optim.Adam(sae.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(sae.parameters(), lr=lr)
+
+
+def train_step(sae: SparseAutoencoder, opt: torch.optim.Optimizer, x: torch.Tensor, dead: torch.Tensor | None,
+               grad_clip: float = 1.0) -> tuple[float, dict, torch.Tensor]:
+    """One optimiser step on raw samples ``x``: (loss, loss parts, bool mask of features that fired)."""
+    loss, parts, fired = sae.training_loss(sae.normalize(x), dead)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    sae.remove_parallel_grad_()
+    torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
+    opt.step()
+    sae.post_step_()
+    return float(loss.detach()), parts, fired
 
 
 @torch.no_grad()
