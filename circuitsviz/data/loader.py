@@ -54,6 +54,7 @@ def iterate_batches(dataset, indices: Sequence[int] | None = None, *, batch_size
     loader = torch.utils.data.DataLoader(
         _Indexed(dataset, indices), batch_size=batch_size, shuffle=False,
         num_workers=num_workers, collate_fn=_collate, persistent_workers=False,
+        generator=torch.Generator(),  # never draw worker seeds from the global RNG
     )
     for batch in loader:
         for _, image_id, reason in batch.skipped:

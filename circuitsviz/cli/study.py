@@ -1,0 +1,102 @@
+"""``circuitsviz study`` (the whole job) and ``circuitsviz demo`` (the study on the bundled model)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from ..study import StudySettings, study
+from ..units import parse_channels
+from .common import add_model_args, resolve_device
+
+STUDY_EPILOG = """\
+examples:
+  circuitsviz study --model demo --data procedural --out runs/demo
+  circuitsviz study --model inceptionv1 --data ~/imagenet/val --layers mixed4e --channels 55 \\
+      --vis-size 224 --vis-steps 512 --sae-k 32 --out runs/mixed4e-55      # the Circuits recipe; wants a GPU
+
+A second run with the same --out reuses every finished step; a killed run resumes.
+"""
+
+
+def _add_settings(p: argparse.ArgumentParser, defaults: StudySettings) -> None:
+    g = p.add_argument_group("study settings")
+    helps = {
+        "n_images": "procedural data: number of images", "data_seed": "procedural data: seed",
+        "vis_size": "feature visualization size in px", "vis_steps": "optimisation steps per visualization",
+        "seed": "seed for visualization and SAE training", "k": "dataset examples kept per unit",
+        "batch_size": "images per forward pass when mining", "num_workers": "DataLoader workers",
+        "sae_expansion": "SAE features per channel", "sae_k": "active features per sample (TopK)",
+        "sae_steps": "SAE training steps (default: from the data size)",
+        "sae_images": "images the SAE samples activations from (default: all)",
+        "n_split": "channels to split when --channels is not given (the most polysemantic)",
+        "split_top": "features listed per split", "feature_vis": "features per split to visualize",
+    }
+    for f in fields(StudySettings):
+        default = getattr(defaults, f.name)
+        kind = int if f.type in ("int", "int | None") else float
+        g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=default,
+                       help=f"{helps.get(f.name, f.name)} (default: %(default)s)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study", help="the whole job: visualize, mine, fit an SAE, split polysemantic channels",
+        description="Run the full study for one model and dataset into one run directory: feature "
+        "visualizations of every channel, dataset examples with statistics, an SAE on the layer, "
+        "splits of the most polysemantic channels (or --channels) into SAE features, and their "
+        "visualizations and examples. With labelled data it measures each unit's concept count and "
+        "top-k purity, for channels and for SAE features.",
+        epilog=STUDY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(p)
+    p.set_defaults(model="demo")
+    p.add_argument("--data", default="procedural", help="a folder of images (class subfolders give labels) "
+                   "or 'procedural' (default: %(default)s)")
+    p.add_argument("--layers", default=None, help="comma-separated layers to visualize and mine "
+                   "(default: the model's default layer, e.g. mixed4e)")
+    p.add_argument("--sae-layer", default=None, help="layer for the SAE (default: the last of --layers)")
+    p.add_argument("--channels", default=None, help="channels to split, e.g. 55 or 55,56,60-70 "
+                   "(default: the most polysemantic)")
+    p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
+    _add_settings(p, StudySettings())
+    p.set_defaults(func=run_study)
+
+    d = sub.add_parser(
+        "demo", help="the study on the bundled demo model and procedural data, then the viewer",
+        description="Run `circuitsviz study --model demo --data procedural` and serve the viewer. "
+        "Takes a few minutes the first time on a laptop CPU, seconds after that.",
+        epilog="example: circuitsviz demo --no-serve   # everything but the viewer",
+    )
+    d.add_argument("--out", default="runs/demo", help="run directory (default: %(default)s)")
+    d.add_argument("--no-serve", dest="serve", action="store_false", help="do not start the viewer")
+    d.add_argument("--port", type=int, default=8501, help="viewer port (default: %(default)s)")
+    d.add_argument("--host", default="127.0.0.1", help="viewer address (default: %(default)s)")
+    d.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    d.set_defaults(func=run_demo)
+
+
+def _settings(args: argparse.Namespace) -> StudySettings:
+    return StudySettings(**{f.name: getattr(args, f.name) for f in fields(StudySettings)})
+
+
+def run_study(args: argparse.Namespace) -> int:
+    layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
+    channels = parse_channels(args.channels) if args.channels else None
+    report = study(args.model, args.data, out=args.out, layers=layers, channels=channels,
+                   sae_layer=args.sae_layer, settings=_settings(args), pretrained=args.pretrained,
+                   weights=args.weights, device=resolve_device(args.device))
+    print(report.summary())
+    print(f"\nbrowse it:  circuitsviz serve {args.out}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    report = study("demo", "procedural", out=args.out, device=resolve_device(args.device))
+    print(report.summary())
+    if not args.serve:
+        print(f"\nbrowse it:  circuitsviz serve {args.out}")
+        return 0
+    from .serve import serve
+
+    return serve(args.out, port=args.port, host=args.host)
