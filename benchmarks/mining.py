@@ -65,9 +65,10 @@ def main() -> None:
         _calibrate(model, _Pairs(data), LAYERS, None, 64, args.batch)
 
     bare()  # warm-up
-    t_bare = min(timed(bare, args.device) for _ in range(args.reps))
-    t_mine = min(timed(mining, args.device) for _ in range(args.reps))
-    t_cal = min(timed(calibration, args.device) for _ in range(args.reps))
+    # Interleaved, best of each: a shared machine's load drifts less between neighbouring passes.
+    runs = [(timed(bare, args.device), timed(mining, args.device), timed(calibration, args.device))
+            for _ in range(args.reps)]
+    t_bare, t_mine, t_cal = (min(r[i] for r in runs) for i in range(3))
     n = args.images
     print(f"device={args.device} images={n} batch={args.batch} threads={torch.get_num_threads()}")
     print(f"bare forward to mixed4e            {n / t_bare:8.1f} img/s")

@@ -141,7 +141,9 @@ class _LayerState:
             self.mean_top = update_top_k(*self.mean_top, spatial_mean, indices, [where, lab])
         self.mean_sum += spatial_mean.double().sum(dim=1)
         self.max = torch.maximum(self.max, peak.amax(dim=1))
-        self.positive += (flat > 0).sum(dim=(0, 2))
+        # Summing bools promotes to int64, which is slow on CPU; small ints are exact up to HW.
+        small = torch.int16 if flat.shape[2] < 2**15 else torch.int32
+        self.positive += flat.gt(0).view(torch.uint8).sum(dim=2, dtype=small).sum(dim=0)
         units, nbins = self.hist.shape
         bins = bin_of(peak, self.edges)
         self.hist += torch.bincount((bins + nbins * torch.arange(units, device=bins.device)[:, None]).reshape(-1),

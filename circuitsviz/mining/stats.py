@@ -65,7 +65,12 @@ def update_bin_examples(
     ``indices``: ``(N,)`` ascending, all larger than any earlier batch's.
     """
     units, nbins, per_bin = bin_index.shape
-    group = (bins + nbins * torch.arange(units, device=bins.device)[:, None]).reshape(-1)
+    # Most bins fill up within the first batches; only images landing in a bin with room matter.
+    room = fill.gather(1, bins) < per_bin
+    if not bool(room.any()):
+        return
+    unit, image = room.nonzero(as_tuple=True)          # unit-major, then index order
+    group = bins[unit, image] + nbins * unit
     # Rank of each image within its (unit, bin) group, keeping index order (stable sort).
     sorted_group, order = torch.sort(group, stable=True)
     counts = torch.bincount(group, minlength=units * nbins)
@@ -75,9 +80,10 @@ def update_bin_examples(
     slot = fill.reshape(-1)[group] + rank
     keep = slot < per_bin
     dest = group[keep] * per_bin + slot[keep]
-    bin_index.view(-1)[dest] = indices.to(bins.device).expand(units, -1).reshape(-1)[keep]
-    bin_value.view(-1)[dest] = values.reshape(-1)[keep]
-    bin_pos.view(-1)[dest] = pos.reshape(-1)[keep]
+    unit, image = unit[keep], image[keep]
+    bin_index.view(-1)[dest] = indices.to(bins.device)[image]
+    bin_value.view(-1)[dest] = values[unit, image]
+    bin_pos.view(-1)[dest] = pos[unit, image]
     fill += counts.view(units, nbins).clamp(max=per_bin)
     fill.clamp_(max=per_bin)
 
