@@ -256,3 +256,26 @@ def test_fit_on_a_cache_directory_saves_an_sae_that_loads_for_its_layer(tmp_path
     assert 0 <= back.metrics["fvu"] < 1 and back.metrics["l0"] <= 2
     cache_dir = next((tmp_path / "cache").iterdir())
     assert open_cache(cache_dir).n_train + open_cache(cache_dir).n_heldout == 40 * 64
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_fit_encode_and_split_run_where_the_data_lives(device):
+    x = torch.randn(2000, 6, generator=_gen()).relu().to(device)
+    sae = fit_sae(None, x, "toy", expansion=2, k=2, steps=20, batch_size=100, progress=False)
+    assert sae.W_dec.device.type == device
+    z = sae.encode(x[:10].reshape(10, 6, 1, 1))
+    assert z.device.type == device and z.shape == (10, 12, 1, 1)
+    assert split_channel(sae, 0, data=x, top=2).features[0].share > 0
+
+
+def test_sae_is_a_mining_transform_whose_top_images_match_brute_force():
+    mining = pytest.importorskip("circuitsviz.mining")
+    model, data = tiny_model(), Images(12)
+    sae = TopKSAE(4, 8, k=2, layer="relu")
+    result = mining.mine(model, data, "relu", k=3, batch_size=4, progress=False, transform={"relu": sae})
+    peak = sae.encode(model.activations(data.images, "relu")["relu"]).amax(dim=(2, 3))  # (12, 8)
+    assert result.layers["relu"].units == 8
+    for f in range(8):
+        if float(peak[:, f].max()) > 0:
+            assert int(result.layers["relu"].top_index[f, 0]) == int(peak[:, f].argmax())

@@ -118,6 +118,8 @@ def fit_sae(
     Returns the SAE with ``sae.metrics`` (held-out FVU, L0, dead and dense fractions) and
     ``sae.history`` (the training curve). ``model`` may be ``None`` when ``data`` already holds
     activation samples. Runs where the model (or the sample tensor) lives unless ``device`` says.
+    ``batch_size`` is lowered to a quarter of the training samples for small data; ``steps``
+    defaults to about ten passes over the samples (500 to 20000 steps).
     """
     source = resolve_samples(model, data, layer, sampler=sampler, seed=seed, n_images=n_images,
                              cache_root=cache_root, dtype=dtype, heldout=heldout, progress=progress)
@@ -201,7 +203,7 @@ def fit_sae(
     bar.close()
 
     sae.eval()
-    held = list(source.heldout_batches()) or [source.first(min(source.n_train, 65536))]
+    held = source.heldout_batches() if source.n_heldout else [source.first(min(source.n_train, 65536))]
     metrics = evaluate(sae, held)
     sae.metrics = {**metrics.summary(), "n_train": source.n_train, "steps": steps}
     sae.history = history
