@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import BadInputError
 from ..units import Unit
 from .receptive import ReceptiveField
 from .result import LayerResult, MiningResult
@@ -51,6 +52,8 @@ def save_result(result: MiningResult, path: str | Path) -> None:
 
 
 def load_result(path: str | Path) -> MiningResult:
+    if not Path(path).is_file():
+        raise BadInputError(f"no mining result at {str(path)!r}")
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["__meta__"]))
         layers = {}
