@@ -24,8 +24,8 @@ SPLIT_EPILOG = """\
 example:
   circuitsviz split --run runs/cat --layer mixed4e --channel 55 --top 8
 
-Ranks the SAE's features by the share of the channel's activation they write (on the held-out
-samples cached by fit-sae, or on --data images), prints them and records them in the run.
+Ranks the SAE's features by the share of the channel's activation they write (over the samples
+fit-sae cached, or over --data images), prints them and records them in the run.
 """
 
 
