@@ -47,6 +47,7 @@ class StudySettings:
     sae_k: int = 1
     sae_steps: int | None = None
     sae_images: int | None = None  # images the SAE samples from (default: all of the data)
+    sae_per_image: int = 16       # activation positions sampled per image for the SAE
     n_split: int = 3              # channels to split when none are named: the most polysemantic
     split_top: int = 12           # features listed per split
     feature_vis: int = 8          # features per split channel to visualize
@@ -141,6 +142,7 @@ def study(
     out: str | Path,
     layers: list[str] | None = None,
     channels: list[int] | None = None,
+    vis_channels: list[int] | None = None,
     sae_layer: str | None = None,
     settings: StudySettings | None = None,
     pretrained: bool = True,
@@ -148,7 +150,12 @@ def study(
     device: str | None = None,
     progress: bool = True,
 ) -> StudyReport:
-    """Visualize, mine, fit an SAE, split polysemantic channels and measure it, into ``out``."""
+    """Visualize, mine, fit an SAE, split polysemantic channels and measure it, into ``out``.
+
+    ``channels``: the channels of ``sae_layer`` to split (default: the ``n_split`` most
+    polysemantic). ``vis_channels``: restrict channel visualizations to these (default: every
+    channel of every layer; on InceptionV1's mixed4e that is 832 renders, a GPU job).
+    """
     from .store import open_run
 
     t0 = time.time()
@@ -158,6 +165,9 @@ def study(
     layers = list(layers or [model.default_layer or model.layer_names[-1]])
     sae_layer = sae_layer or layers[-1]
     validate(model, layers, channels, sae_layer)
+    for layer in layers:
+        for c in vis_channels or []:
+            model.check_channel(layer, c)
     dataset = as_dataset(data, model, n=settings.n_images, seed=settings.data_seed)
 
     out = Path(out)
@@ -169,7 +179,7 @@ def study(
     work.mkdir(parents=True, exist_ok=True)
 
     for layer in layers:
-        _visualize_channels(model, run, layer, settings, progress)
+        _visualize_channels(model, run, layer, settings, progress, vis_channels)
     _mine_channels(model, run, dataset, layers, settings, work, progress)
     sae = _fit_sae(model, run, dataset, sae_layer, settings, work, progress)
     chosen = channels if channels else _most_polysemantic(run, model, sae_layer, settings.n_split)
@@ -184,18 +194,19 @@ def study(
 
 
 # ---------------------------------------------------------------------------------- steps
-def _visualize_channels(model, run, layer: str, s: StudySettings, progress: bool) -> None:
+def _visualize_channels(model, run, layer: str, s: StudySettings, progress: bool,
+                        only: list[int] | None = None) -> None:
     from .optvis import visualize
 
-    ids = [Unit(layer, c).id for c in range(model.channels(layer))]
+    ids = [Unit(layer, c).id for c in (only if only is not None else range(model.channels(layer)))]
     todo = [u for u in ids if not run.is_done("vis", u)]
     if not todo:
         _log(f"visualizations of {layer}: done already")
         return
     _log(f"visualizing {len(todo)} channels of {layer} ({s.vis_steps} steps, {s.vis_size} px)")
+    run.add_units([{"id": u, "layer": layer, "index": Unit.parse(u).index, "kind": "channel"} for u in ids])
     results = visualize(model, todo, size=s.vis_size, steps=s.vis_steps, seed=s.seed, progress=progress)
     with run.batch():
-        run.add_units([{"id": u, "layer": layer, "index": Unit.parse(u).index, "kind": "channel"} for u in todo])
         for uid, r in zip(todo, results):
             run.put_visualization(uid, r.image, kind="positive", objective=r.objective, settings=r.settings)
             run.mark_done("vis", uid)
@@ -218,7 +229,7 @@ def _mine_channels(model, run, dataset, layers, s: StudySettings, work: Path, pr
 
 
 def _fit_sae(model, run, dataset, layer: str, s: StudySettings, work: Path, progress: bool):
-    from .sae import fit_sae, load_sae
+    from .sae import Sampler, fit_sae, load_sae
 
     name = _sae_name(s)
     path = work / "sae" / name
@@ -227,7 +238,8 @@ def _fit_sae(model, run, dataset, layer: str, s: StudySettings, work: Path, prog
         return load_sae(path, model=model, layer=layer, device=model.device)
     _log(f"fitting SAE {name} on {layer} ({s.sae_expansion}x expansion, k={s.sae_k})")
     sae = fit_sae(model, dataset, layer, expansion=s.sae_expansion, k=s.sae_k, steps=s.sae_steps,
-                  n_images=s.sae_images or len(dataset), seed=s.seed, cache_root=work / "cache",
+                  n_images=s.sae_images or len(dataset), seed=s.seed,
+                  sampler=Sampler("per_image", per_image=s.sae_per_image), cache_root=work / "cache",
                   out=path, name=name, progress=progress)
     metrics = sae.metrics.to_dict() if hasattr(sae.metrics, "to_dict") else dict(sae.metrics)
     run.put_sae(name, layer, config=sae.config.to_dict(), metrics=metrics, path=str(path))

@@ -29,6 +29,7 @@ def _add_settings(p: argparse.ArgumentParser, defaults: StudySettings) -> None:
         "sae_expansion": "SAE features per channel", "sae_k": "active features per sample (TopK)",
         "sae_steps": "SAE training steps (default: from the data size)",
         "sae_images": "images the SAE samples activations from (default: all)",
+        "sae_per_image": "activation positions sampled per image for the SAE",
         "n_split": "channels to split when --channels is not given (the most polysemantic)",
         "split_top": "features listed per split", "feature_vis": "features per split to visualize",
     }
@@ -58,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sae-layer", default=None, help="layer for the SAE (default: the last of --layers)")
     p.add_argument("--channels", default=None, help="channels to split, e.g. 55 or 55,56,60-70 "
                    "(default: the most polysemantic)")
+    p.add_argument("--vis-channels", default=None, help="visualize only these channels, e.g. 55,60-70 "
+                   "(default: every channel of every layer)")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
     _add_settings(p, StudySettings())
     p.set_defaults(func=run_study)
@@ -83,7 +86,8 @@ def _settings(args: argparse.Namespace) -> StudySettings:
 def run_study(args: argparse.Namespace) -> int:
     layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
     channels = parse_channels(args.channels) if args.channels else None
-    report = study(args.model, args.data, out=args.out, layers=layers, channels=channels,
+    vis_channels = parse_channels(args.vis_channels) if args.vis_channels else None
+    report = study(args.model, args.data, out=args.out, layers=layers, channels=channels, vis_channels=vis_channels,
                    sae_layer=args.sae_layer, settings=_settings(args), pretrained=args.pretrained,
                    weights=args.weights, device=resolve_device(args.device))
     print(report.summary())

@@ -1,0 +1,111 @@
+"""The study pipeline, end to end: ground truth on the demo model, idempotence, InceptionV1, bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from circuitsviz.errors import BadInputError, UnknownNameError
+from circuitsviz.study import StudySettings, study
+
+# Small enough for a 2-core CI machine, large enough that concept counts are stable.
+REDUCED = StudySettings(n_images=650, vis_size=32, vis_steps=4, k=16, sae_steps=600, n_split=2, feature_vis=2)
+
+
+@pytest.fixture(scope="module")
+def demo_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "demo"
+    report = study("demo", "procedural", out=out, settings=REDUCED, progress=False)
+    return out, report
+
+
+def test_split_lowers_concept_count_of_a_polysemantic_channel(demo_study):
+    _, report = demo_study
+    assert report.channels is not None and report.features is not None
+    assert report.channels.mean_concepts >= 2.5  # the superposition layer really is polysemantic
+    lowered = [
+        s for s in report.splits
+        if s.concept_count >= 2 and np.mean([f["concept_count"] for f in s.features[:3]]) < s.concept_count
+    ]
+    assert lowered, report.summary()
+    # The features of the whole SAE are more monosemantic than the channels.
+    assert report.features.mean_concepts < report.channels.mean_concepts
+
+
+def test_study_writes_every_kind_of_record_into_the_run(demo_study):
+    from circuitsviz.store import open_run
+
+    out, report = demo_study
+    run = open_run(out)
+    channels = run.units(layer="mixed3b", kind="channel")
+    assert len(channels) == 8
+    for u in channels:
+        assert run.visualizations(u.id) and run.examples(u.id) and run.stats(u.id) is not None
+    split = run.split("mixed3b", int(report.splits[0].channel.split(":")[1]), report.sae)
+    assert split is not None and len(split.features) > 0
+    top = split.features[0].unit_id
+    assert run.examples(top) and run.visualizations(top)
+    assert run.saes()[0].metrics  # FVU, L0, ... were recorded
+    assert run.verify() == []
+
+
+def test_second_run_reuses_every_finished_step(demo_study, capsys):
+    out, first = demo_study
+    again = study("demo", "procedural", out=out, settings=REDUCED, progress=False)
+    log = capsys.readouterr().out
+    for step in ("visualizations of mixed3b", "dataset examples of mixed3b", "SAE", "split of"):
+        assert f"{step}" in log and "done already" in log
+    assert "fitting SAE" not in log and "mining" not in log and "visualizing" not in log
+    assert again.channels.concept_count == first.channels.concept_count
+
+
+def test_study_runs_end_to_end_on_inceptionv1_random_weights(tmp_path):
+    """The documented mixed4e:55 recipe, on random weights and a handful of images."""
+    data = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for label in ("cat", "car"):
+        (data / label).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray((rng.random((90, 120, 3)) * 255).astype("uint8")).save(data / label / f"{i}.jpg")
+    (data / "cat" / "broken.jpg").write_text("not an image")
+    settings = StudySettings(vis_size=32, vis_steps=2, k=4, batch_size=4, sae_expansion=2, sae_k=8,
+                             sae_steps=30, sae_per_image=196, feature_vis=1, split_top=4)
+    report = study("inceptionv1", str(data), out=tmp_path / "run", layers=["mixed4e"], channels=[55],
+                   vis_channels=[55], settings=settings, pretrained=False, progress=False)
+    from circuitsviz.store import open_run
+
+    run = open_run(tmp_path / "run")
+    assert run.visualizations("mixed4e:55") and len(run.examples("mixed4e:55")) == 4
+    assert run.split("mixed4e", 55, report.sae) is not None
+    assert report.channels is not None and len(report.channels.ids) == 832
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(model="inceptionv2"), UnknownNameError, "unknown model"),
+    (dict(data="/nonexistent/folder"), BadInputError, "does not exist"),
+    (dict(layers=["mixed9z"]), UnknownNameError, "mixed9z"),
+    (dict(channels=[8]), Exception, "out of range"),
+])
+def test_bad_input_fails_before_any_work(tmp_path, kwargs, error, match):
+    args = dict(model="demo", data="procedural", layers=None, channels=None)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        study(args.pop("model"), args.pop("data"), out=tmp_path / "run", settings=REDUCED, progress=False, **args)
+    assert not (tmp_path / "run").exists()
+
+
+def test_folder_without_images_is_refused_before_work(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(BadInputError, match="holds no images"):
+        study("demo", str(tmp_path / "empty"), out=tmp_path / "run", settings=REDUCED, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_bad_layer_is_one_clean_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "circuitsviz", "study", "--model", "demo", "--layers", "mixed3x",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "unknown layer 'mixed3x'" in proc.stderr and "mixed3b" in proc.stderr
