@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from circuitsviz.errors import BadInputError, ChannelOutOfRangeError, CircuitsvizError, UnknownNameError
+from circuitsviz.errors import BadInputError, ChannelOutOfRangeError, UnknownNameError
 from circuitsviz.models import wrap_model
 from circuitsviz.sae import (
     NonFiniteActivationError, ReluSAE, SampleSource, Sampler, TopKSAE, build_cache, evaluate, fit_sae, load_sae,
