@@ -289,7 +289,7 @@ def _mine_features(model, run, dataset, sae, s: StudySettings, work: Path, progr
         return
     _log(f"mining {sae.n_latents} features of {key}")
     result = mine(model, dataset, [sae.layer], k=s.k, batch_size=s.batch_size, num_workers=s.num_workers,
-                  transform=sae.encode, checkpoint=work / f"mine-{_slug(key)}.ckpt", progress=progress)
+                  transform=sae, checkpoint=work / f"mine-{_slug(key)}.ckpt", progress=progress)
     with run.batch():
         run.add_units([{"id": Unit(sae.layer, f, sae=sae.name).id, "layer": sae.layer, "index": f,
                         "kind": "feature", "sae": sae.name} for f in range(sae.n_latents)])

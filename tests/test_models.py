@@ -222,3 +222,17 @@ def test_redirected_relu_passes_gradient_to_dead_units_only_inside_the_block(inc
         assert not any(getattr(m, "redirect", False) for m in inception.modules())
     finally:
         conv.bias.data.copy_(saved)
+
+
+def test_random_weights_come_from_the_seed_not_the_global_rng():
+    state = torch.random.get_rng_state()
+    a = load_model("inceptionv1", pretrained=False, seed=3)
+    torch.rand(10)  # moving the global RNG must not matter
+    b = load_model("inceptionv1", pretrained=False, seed=3)
+    c = load_model("inceptionv1", pretrained=False, seed=4)
+    w = "mixed4e_1x1_pre_relu_conv.weight"
+    assert torch.equal(a.net.state_dict()[w], b.net.state_dict()[w])
+    assert not torch.equal(a.net.state_dict()[w], c.net.state_dict()[w])
+    torch.random.set_rng_state(state)
+    load_model("inceptionv1", pretrained=False)
+    assert torch.equal(torch.random.get_rng_state(), state)

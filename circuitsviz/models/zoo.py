@@ -106,6 +106,7 @@ def load_model(
     *,
     progress: bool = True,
     download: bool = True,
+    seed: int = 0,
 ) -> VisionModel:
     """Build a zoo model, load its weights, and return it wrapped, in eval mode.
 
@@ -117,9 +118,13 @@ def load_model(
 
     ``weights`` is an explicit file; otherwise see :mod:`circuitsviz.models.weights` for where
     the file is looked for and when it is downloaded. ``device=None`` keeps the model on the CPU.
+    Random weights (``pretrained=False``) are drawn from ``seed``: the same seed gives the same
+    network, and the global RNG is left as it was.
     """
     entry = zoo_entry(name)
-    net = entry.build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = entry.build()
     path = sha = None
     if pretrained or weights is not None:
         if entry.weights is None:
