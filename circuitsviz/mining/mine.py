@@ -285,7 +285,9 @@ def mine(
     if result is not None and result.complete:
         return result
     if result is None:
-        peaks, shapes = _calibrate(model, dataset, layers, transform, max(calibration, 1), batch_size)
+        # Fixed bins need no calibration; one image still tells the layers' shapes.
+        count = 1 if hist_range is not None else max(calibration, 1)
+        peaks, shapes = _calibrate(model, dataset, layers, transform, count, batch_size)
         fields = _fields(model, layers)
         states = {n: _LayerState(shapes[n][0], shapes[n][1], shapes[n][2], k,
                                  histogram_edges(peaks[n], hist_bins, hist_range), per_bin, mean_top_k, device)
