@@ -217,5 +217,19 @@ class VisionModel(nn.Module):
             for m, o in zip(mods, old):
                 m.redirect = o
 
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Within the block, parameters need no gradient, so a backward pass to the input skips
+        every weight gradient (about a third of its cost)."""
+        params = list(self.parameters())
+        old = [p.requires_grad for p in params]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for p, o in zip(params, old):
+                p.requires_grad_(o)
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, input_size={self.input_size}, layers={len(self.layer_names)}"

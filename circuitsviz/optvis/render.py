@@ -129,17 +129,18 @@ def visualize(
     bar = _progress(progress, steps * len(batches))
     results: list[VisResult] = []
     try:
-        for batch in batches:
-            gens = [torch.Generator().manual_seed(_image_seed(seed, g.key, i)) for g in batch for i in range(g.n)]
-            if lucent_param:
-                image_param = lucent_compat.from_lucent_param(param)
-                batch = [_resize_group(batch[0], image_param)]
-            else:
-                image_param = PARAMETERIZATIONS[param](len(gens), size, gens, device=model.device)
-            plan = tfm.plan(steps, gens) if tfm is not None else None
-            images, scores = _optimise(model, batch, image_param, plan, tfm, steps=steps, lr=lr,
-                                       out=out, final=final, redirect_steps=redirect_steps, bar=bar)
-            results += _results(batch, images, scores, settings, seed)
+        with model.frozen():  # gradients flow to the image only
+            for batch in batches:
+                gens = [torch.Generator().manual_seed(_image_seed(seed, g.key, i)) for g in batch for i in range(g.n)]
+                if lucent_param:
+                    image_param = lucent_compat.from_lucent_param(param)
+                    batch = [_resize_group(batch[0], image_param)]
+                else:
+                    image_param = PARAMETERIZATIONS[param](len(gens), size, gens, device=model.device)
+                plan = tfm.plan(steps, gens) if tfm is not None else None
+                images, scores = _optimise(model, batch, image_param, plan, tfm, steps=steps, lr=lr,
+                                           out=out, final=final, redirect_steps=redirect_steps, bar=bar)
+                results += _results(batch, images, scores, settings, seed)
     finally:
         if bar is not None:
             bar.close()
