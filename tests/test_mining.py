@@ -221,3 +221,14 @@ def test_quantile_examples_rise_with_the_quantile():
         groups = sorted(by_group)
         for lo, hi in zip(groups, groups[1:]):
             assert max(by_group[lo]) <= min(by_group[hi])
+
+
+def test_purity_ignores_top_k_slots_where_the_unit_does_not_fire():
+    from circuitsviz.mining.stats import polysemanticity
+
+    # Unit 0 fires on two images of label 2; the rest of its top-4 is filler (value 0, labels 0/1).
+    labels = np.array([[2, 2, 0, 1], [0, 0, 1, 1]])
+    values = np.array([[3.0, 2.0, 0.0, 0.0], [5.0, 4.0, 3.0, 2.0]])
+    scores = polysemanticity(labels, np.ones((2, 3)), np.ones(3), top_values=values)
+    assert scores["purity"].tolist() == [1.0, 0.5]
+    assert polysemanticity(labels, np.ones((2, 3)), np.ones(3))["purity"].tolist() == [0.5, 0.5]

@@ -82,7 +82,7 @@ class MiningResult:
             "max": r.max,
             "frac_positive": r.positive / positions,
         }
-        out.update(polysemanticity(r.top_label, r.label_sum, self.label_count))
+        out.update(polysemanticity(r.top_label, r.label_sum, self.label_count, top_values=r.top_value))
         return out
 
     def quantile_examples(self, layer: str, unit: int, groups: int = 10, per_group: int | None = None):

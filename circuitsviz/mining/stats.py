@@ -121,7 +121,7 @@ def quantile_examples(hist_counts: np.ndarray, bin_index: np.ndarray, bin_value:
 
 
 def polysemanticity(top_labels: np.ndarray, label_sum: np.ndarray, label_count: np.ndarray,
-                    concept_ratio: float = 0.5) -> dict[str, np.ndarray]:
+                    concept_ratio: float = 0.5, top_values: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Label-based scores per unit: top-k purity, label entropy (bits) and concept count.
 
     - purity: share of the most common label among the unit's top-k images;
@@ -131,13 +131,19 @@ def polysemanticity(top_labels: np.ndarray, label_sum: np.ndarray, label_count: 
 
     ``top_labels``: ``(U, k)``, -1 for none; ``label_sum``: ``(U, L)`` sums of image-level maxima per
     label; ``label_count``: ``(L,)`` images per label. Units without labelled images get NaN / 0.
+    With ``top_values`` ``(U, k)``, top-k entries where the unit does not fire (value <= 0) are left
+    out of purity and entropy: a rarely firing unit's top-k is padded with images it ignores, and
+    their labels say nothing about what it detects.
     """
     units = top_labels.shape[0]
     n_labels = max(label_sum.shape[1], int(top_labels.max(initial=-1)) + 1)
     purity = np.full(units, np.nan)
     entropy = np.full(units, np.nan)
     for u in range(units):
-        lab = top_labels[u][top_labels[u] >= 0]
+        keep = top_labels[u] >= 0
+        if top_values is not None:
+            keep &= top_values[u] > 0
+        lab = top_labels[u][keep]
         if len(lab):
             p = np.bincount(lab, minlength=n_labels) / len(lab)
             purity[u] = p.max()
