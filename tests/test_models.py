@@ -7,6 +7,7 @@ from torch import nn
 
 from circuitsviz.errors import BadInputError, ChannelOutOfRangeError, UnknownNameError
 from circuitsviz.models import list_layers, load_model, wrap_model
+from circuitsviz.models.blocks import LocalResponseNorm
 from circuitsviz.models.inceptionv1 import LRN, LUCENT_LRN
 
 LUCID_CHANNELS = {
@@ -85,6 +86,7 @@ def test_lrn_matches_tensorflow_formula():
     window = torch.stack([sq[:, d : d + 2 * r + 1].sum(1) for d in range(20)], dim=1)
     expected = x / (bias + alpha * window) ** beta
     torch.testing.assert_close(F.local_response_norm(x, **LRN), expected)
+    torch.testing.assert_close(LocalResponseNorm(r, bias, alpha, beta)(x), expected)
 
 
 def test_layer_table_has_lucids_channel_counts_and_branches(inception):

@@ -22,6 +22,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import BadInputError
+from ..models.blocks import LocalResponseNorm
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ IDENTITY = ReceptiveField((1, 1), (1, 1), (0, 0))
 _POINTWISE = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
     nn.Hardsigmoid, nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout2d, nn.BatchNorm2d,
-    nn.GroupNorm, nn.InstanceNorm2d, nn.LocalResponseNorm,
+    nn.GroupNorm, nn.InstanceNorm2d, nn.LocalResponseNorm, LocalResponseNorm,  # LRN mixes channels, not space
 )
 # Functions and methods that combine tensors position by position (the union of their inputs' fields).
 _POINTWISE_CALLS = {

@@ -11,9 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import Concat, ReLU
+from .blocks import Concat, LocalResponseNorm, ReLU
 from .wrapper import Branch, LayerInfo
 
+LUCID_LRN = dict(depth_radius=5, bias=2.0, alpha=1e-4, beta=0.5)
+# The same in torch.nn.functional.local_response_norm's terms.
 LRN = dict(size=11, alpha=1e-4 * 11, beta=0.5, k=2.0)
 # What lucent uses; kept so tests can pin the difference (lucent PR #51).
 LUCENT_LRN = dict(size=9, alpha=9.99999974738e-05, beta=0.5, k=1.0)
@@ -48,9 +50,8 @@ class InceptionV1(nn.Module):
     ``softmax2_pre_activation_matmul``.
     """
 
-    def __init__(self, lrn: dict | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.lrn_params = dict(lrn or LRN)
         self.conv2d0_pre_relu_conv = nn.Conv2d(3, 64, 7, stride=2)
         self.conv2d1_pre_relu_conv = nn.Conv2d(64, 64, 1)
         self.conv2d2_pre_relu_conv = nn.Conv2d(64, 192, 3)
@@ -60,8 +61,8 @@ class InceptionV1(nn.Module):
             setattr(self, name, ReLU())
         self.maxpool0 = _same_pool(2)
         self.maxpool1 = _same_pool(2)
-        self.localresponsenorm0 = nn.LocalResponseNorm(**self.lrn_params)
-        self.localresponsenorm1 = nn.LocalResponseNorm(**self.lrn_params)
+        self.localresponsenorm0 = LocalResponseNorm(**LUCID_LRN)
+        self.localresponsenorm1 = LocalResponseNorm(**LUCID_LRN)
         for name, (cin, c1, c3r, c3, c5r, c5, cp) in MIXED.items():
             convs = {
                 "1x1": (cin, c1, 1), "3x3_bottleneck": (cin, c3r, 1), "5x5_bottleneck": (cin, c5r, 1),
