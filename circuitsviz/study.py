@@ -224,7 +224,7 @@ def _mine_channels(model, run, dataset, layers, s: StudySettings, work: Path, pr
                   checkpoint=work / f"mine-{_slug(key)}.ckpt", progress=progress)
     if result.skipped:
         _log(f"skipped {len(result.skipped)} unreadable images (listed in the run's report)")
-    write_to_run(result, run, dataset, model=model)
+    write_to_run(result, run, dataset, model=model, actmaps=True)
     run.mark_done("mine", key)
 
 
@@ -298,7 +298,7 @@ def _mine_features(model, run, dataset, sae, s: StudySettings, work: Path, progr
             top = torch.argsort(w.abs(), descending=True)[:8]
             run.put_feature(Unit(sae.layer, f, sae=sae.name).id, sae=sae.name,
                             decoder_top=[(int(c), float(w[c])) for c in top])
-    write_to_run(result, run, dataset, sae=sae.name, model=model)
+    write_to_run(result, run, dataset, sae=sae.name, model=model, actmaps=True, transform=sae)
     run.mark_done("mine", key)
 
 

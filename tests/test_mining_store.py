@@ -47,3 +47,29 @@ def test_sae_features_are_written_as_feature_units(tmp_path):
     write_to_run(result, run, data, sae="sae")
     assert sorted(u.id for u in run.units(kind="feature")) == ["4/sae:0", "4/sae:1", "4/sae:2"]
     assert [e.image_id for e in run.examples("4/sae:1")] == [f"img{i}" for i in result.layers["4"].top_index[1]]
+
+
+def test_stored_activation_maps_are_each_examples_own_map(tmp_path):
+    """The heatmap overlay's data: example j of unit u carries unit u's map on that very image."""
+    import torch
+
+    from circuitsviz.data import ConceptDataset
+    from circuitsviz.mining import mine, write_to_run
+    from circuitsviz.models import load_model
+    from circuitsviz.store import open_run
+
+    model = load_model("demo")
+    data = ConceptDataset(n=40, seed=5, size=64)
+    result = mine(model, data, ["mixed3b"], k=4, batch_size=16, progress=False)
+    run = open_run(tmp_path / "run", create=True)
+    run.set_data_source(data.spec(), classes=data.classes)
+    write_to_run(result, run, data, model=model, actmaps=True)
+    for u in (0, 5):
+        for ex in run.examples(f"mixed3b:{u}"):
+            image = data[data.index_of(ex.image_id)][0][None]
+            with torch.inference_mode():
+                expected = model.activations(image, "mixed3b")["mixed3b"][0, u].numpy()
+            assert ex.actmap is not None and ex.actmap.shape == expected.shape
+            np.testing.assert_allclose(ex.actmap, expected, rtol=1e-2, atol=1e-2)
+            assert np.unravel_index(np.argmax(ex.actmap), ex.actmap.shape) == (ex.y, ex.x) or \
+                ex.actmap.max() == pytest.approx(float(ex.actmap[ex.y, ex.x]), rel=1e-2)

@@ -75,13 +75,15 @@ def _image_id(dataset, i: int) -> str:
 
 
 def write_to_run(result: MiningResult, run, dataset, *, sae: str | None = None, model=None,
-                 quantile_groups: int = 10) -> int:
+                 quantile_groups: int = 10, actmaps: bool = False, transform=None) -> int:
     """Write examples, quantile examples and statistics of every unit into a store run.
 
     ``dataset`` maps indices back to image ids. Label counts are those of each unit's top-k.
     With ``sae`` the units are that SAE's features
     (``layer/sae:i``) and the layer row is left as it is. ``model`` (optional) supplies branch
-    ranges. Returns the number of units written.
+    ranges. Returns the number of units written. ``actmaps=True`` (needs ``model``; ``transform``
+    as given to :func:`mine`) also stores each top-k example's activation map, for the viewer's
+    heatmap overlay: one more forward pass over the unique top-k images.
 
     >>> run = open_run("runs/demo", create=True)                    # doctest: +SKIP
     >>> write_to_run(mine(model, ds, ["mixed4e"]), run, ds, model=model)   # doctest: +SKIP
@@ -90,12 +92,40 @@ def write_to_run(result: MiningResult, run, dataset, *, sae: str | None = None, 
         raise ValueError(f"result covers {result.done} of {result.total} images; finish or merge it first")
     written = 0
     for name, r in result.layers.items():
+        maps = top_k_maps(model, dataset, r, transform) if actmaps and model is not None else None
         with run.batch() if hasattr(run, "batch") else contextlib.nullcontext():  # one transaction per layer
-            written += _write_layer(result, r, run, dataset, sae, model, quantile_groups)
+            written += _write_layer(result, r, run, dataset, sae, model, quantile_groups, maps)
     return written
 
 
-def _write_layer(result: MiningResult, r: LayerResult, run, dataset, sae, model, quantile_groups: int) -> int:
+def top_k_maps(model, dataset, r: LayerResult, transform=None, batch_size: int = 32) -> np.ndarray:
+    """Activation maps ``(U, k, H, W)`` (float16) of every unit on each of its top-k images.
+
+    Memory is that of the result itself times H*W; each unique image is run once.
+    """
+    import torch
+
+    from ..data import iterate_batches
+
+    maps = np.zeros((*r.top_index.shape, r.height, r.width), dtype=np.float16)
+    wanted = np.unique(r.top_index[r.top_index >= 0])
+    tfm = transform.get(r.name) if isinstance(transform, dict) else transform
+    for batch in iterate_batches(dataset, wanted.tolist(), batch_size=batch_size):
+        with torch.inference_mode():
+            acts = model.activations(batch.images.to(model.device), r.name)[r.name]
+            if tfm is not None:
+                acts = tfm(acts)
+        acts = acts.float().cpu().numpy()
+        where = {int(i): j for j, i in enumerate(batch.indices.tolist())}
+        hit = np.isin(r.top_index, list(where))
+        us, ks = np.nonzero(hit)
+        rows = np.array([where[int(i)] for i in r.top_index[us, ks]], dtype=np.int64)
+        maps[us, ks] = acts[rows, us]
+    return maps
+
+
+def _write_layer(result: MiningResult, r: LayerResult, run, dataset, sae, model, quantile_groups: int,
+                 maps: np.ndarray | None = None) -> int:
     name = r.name
     if sae is None:
         branches = [(b.name, b.start, b.stop) for b in model.layer(name).branches] if model is not None else []
@@ -107,7 +137,11 @@ def _write_layer(result: MiningResult, r: LayerResult, run, dataset, sae, model,
     ys, xs = r.top_yx()
     classes = result.classes
     for u, uid in enumerate(ids):
-        run.put_examples(uid, _rows(dataset, r.top_value[u], r.top_index[u], ys[u], xs[u], r.top_label[u]), kind="max")
+        rows = _rows(dataset, r.top_value[u], r.top_index[u], ys[u], xs[u], r.top_label[u])
+        if maps is not None:
+            for row in rows:
+                row["actmap"] = maps[u, row["rank"]]
+        run.put_examples(uid, rows, kind="max")
         if r.mean_value is not None:
             run.put_examples(uid, _rows(dataset, r.mean_value[u], r.mean_index[u], r.mean_pos[u] // r.width,
                                         r.mean_pos[u] % r.width, r.mean_label[u]), kind="mean")

@@ -90,9 +90,10 @@ class Stats:
 
     @property
     def polysemanticity(self) -> float | None:
-        """The score the viewer sorts by: an explicit ``polysemanticity`` score if mining wrote one,
-        else the top-k label ``entropy``, else ``concept_count``."""
-        for key in ("polysemanticity", "entropy", "concept_count"):
+        """The score the viewer sorts by: an explicit ``polysemanticity`` score if one was written,
+        else the ``concept_count`` (it catches a unit whose top-k is one label but which fires
+        almost as strongly on others), else the top-k label ``entropy``."""
+        for key in ("polysemanticity", "concept_count", "entropy"):
             if self.scores.get(key) is not None:
                 return float(self.scores[key])
         return None
