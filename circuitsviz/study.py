@@ -67,7 +67,7 @@ class Scores:
 
     @property
     def mean_purity(self) -> float:
-        return float(np.mean(self.purity)) if self.ids else float("nan")
+        return float(np.nanmean(self.purity)) if np.isfinite(self.purity).any() else float("nan")
 
     @property
     def monosemantic(self) -> float:
@@ -330,7 +330,8 @@ def _scores(stats: dict) -> Scores:
             continue
         ids.append(uid)
         cc.append(int(sc["concept_count"]))
-        pur.append(float(sc.get("purity", float("nan"))))
+        purity = sc.get("purity")
+        pur.append(float("nan") if purity is None else float(purity))  # None: never fires in its top-k
     return Scores(ids, cc, pur)
 
 
