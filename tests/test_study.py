@@ -109,3 +109,33 @@ def test_cli_bad_layer_is_one_clean_line(tmp_path):
                            "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "unknown layer 'mixed3x'" in proc.stderr and "mixed3b" in proc.stderr
+
+
+def test_killed_study_resumes_with_the_same_command(tmp_path):
+    """Kill the study while it fits its SAE; the same command then finishes, reusing earlier steps."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-u", "-m", "circuitsviz", "study", "--model", "demo", "--out", str(out),
+           "--n-images", "300", "--vis-size", "32", "--vis-steps", "2", "--k", "8", "--sae-steps", "4000",
+           "--n-split", "1", "--feature-vis", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        if "fitting SAE" in line or time.time() > deadline:
+            time.sleep(3)  # let it checkpoint part of the way
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "report.json").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "visualizations of mixed3b: done already" in done.stdout
+    assert "dataset examples of mixed3b: done already" in done.stdout
+    assert (out / "report.json").exists()
+    from circuitsviz.store import open_run
+
+    assert open_run(out).verify() == []
