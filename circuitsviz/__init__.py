@@ -33,12 +33,12 @@ _EXPORTS = {
     "receptive_field": "circuitsviz.mining",
     # sparse autoencoders
     "fit_sae": "circuitsviz.sae", "load_sae": "circuitsviz.sae", "split_channel": "circuitsviz.sae",
-    "TopKSAE": "circuitsviz.sae", "ReluSAE": "circuitsviz.sae",
+    "TopKSAE": "circuitsviz.sae", "ReluSAE": "circuitsviz.sae", "SplitResult": "circuitsviz.sae",
     # store
     "open_run": "circuitsviz.store", "Run": "circuitsviz.store",
     # data and the study pipeline
     "ConceptDataset": "circuitsviz.data", "ImageFolderDataset": "circuitsviz.data",
-    "study": "circuitsviz.study",
+    "study": "circuitsviz.study", "StudySettings": "circuitsviz.study", "StudyReport": "circuitsviz.study",
 }
 
 __all__ = sorted(_EXPORTS)
