@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from ..errors import BadInputError
 from .blobs import atomic_write, png_bytes
 
-RENDER_VERSION = 1  # bump when the drawing below changes, so old cached renders are not reused
+RENDER_VERSION = 2  # bump when the drawing below changes, so old cached renders are not reused
 MODES = ("crop", "full", "overlay")
 
 
@@ -60,7 +60,10 @@ def draw_overlay(image: Image.Image, actmap: np.ndarray | None, box: tuple[int, 
     out = image.copy()
     if actmap is not None:
         a = np.clip(np.asarray(actmap, dtype=np.float32), 0, None)
-        a = a / a.max() if a.max() > 0 else a
+        # Stretch to the map's own range: a unit that fires everywhere a little still shows where it
+        # fires most, instead of tinting the whole image.
+        span = a.max() - a.min()
+        a = (a - a.min()) / span if span > 0 else np.zeros_like(a)
         a = np.asarray(Image.fromarray(a, mode="F").resize(image.size, Image.BILINEAR))[..., None]
         pixels = np.asarray(image, dtype=np.float32)
         blended = pixels * (1 - 0.6 * a) + heat_colours(a[..., 0]) * 0.6 * a
