@@ -134,3 +134,23 @@ def test_compare_shows_the_split_features_in_rank_order(fake):
     at = app(fake.path, "compare", unit=fake.split_channel)
     split = open_run(fake.path).split(*fake.split_channel.split(":"))
     assert linked_units(at, "open feature") == [f.unit_id for f in split.features]
+
+
+def test_unit_page_names_the_visualization_kinds_still_missing(tmp_path):
+    import numpy as np
+
+    run = open_run(tmp_path / "run", create=True)
+    run.set_info(model="demo", input_size=64)
+    run.put_layer("mixed3b", 2, 8, 8)
+    run.add_units(["mixed3b:0", "mixed3b:1"])
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    run.put_visualization("mixed3b:0", image, kind="positive")
+    run.put_visualization("mixed3b:1", image, kind="positive")
+    run.put_visualization("mixed3b:1", image, kind="negative")
+    expected = {"mixed3b:0": {"--neuron", "--negative", "--diversity"}, "mixed3b:1": {"--neuron", "--diversity"}}
+    for uid, flags in expected.items():
+        at = app(tmp_path / "run", "unit", unit=uid)
+        assert not at.exception
+        code = "\n".join(texts(at, "code"))
+        assert {f for f in ("--neuron", "--negative", "--diversity") if f in code} == flags
+        assert f"--channels {uid.split(':')[1]} " in code

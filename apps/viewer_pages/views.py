@@ -8,6 +8,7 @@ import streamlit as st
 from .common import UnitView, command, example_image, fmt, link, placeholder
 
 VIS_TITLES = {"positive": "Channel", "neuron": "Neuron", "negative": "Negative"}
+VIS_FLAGS = {"neuron": "--neuron", "negative": "--negative", "diversity": "--diversity 1000"}
 MODES = {"crop": "Crop", "full": "Full image", "overlay": "Heatmap"}
 
 
@@ -32,6 +33,12 @@ def visualizations(run: str, view: UnitView, model: str | None, kinds=("positive
             sub = st.columns(len(by_kind["diversity"]))
             for c, v in zip(sub, by_kind["diversity"]):
                 c.image(str(v.path), width="stretch")
+    if view.unit.kind == "channel":
+        missing = [k for k in ("neuron", "negative", "diversity") if k not in by_kind]
+        if missing:
+            base = command("visualization", run, view.unit, model)
+            st.caption(f"Not rendered yet: {', '.join(missing)}. Add them with:")
+            st.code("\n".join(f"{base} {VIS_FLAGS[k]}" for k in missing), language="bash")
 
 
 def example_grid(run: str, examples, mode: str, per_row: int = 8, classes=None, limit: int | None = None) -> None:
