@@ -37,9 +37,17 @@ POOL_BEFORE = {"mixed4a": "maxpool4", "mixed5a": "maxpool10"}
 BRANCHES = ("1x1", "3x3", "5x5", "pool_reduce")
 
 
-def _same_pool(stride: int) -> nn.Sequential:
-    pad = (0, 1, 0, 1) if stride == 2 else (1, 1, 1, 1)
-    return nn.Sequential(nn.ConstantPad2d(pad, float("-inf")), nn.MaxPool2d(3, stride))
+def _same_pool(stride: int) -> nn.MaxPool2d:
+    """3x3 max pool over the graph's padded input, without materialising the padding.
+
+    Lucid's graph (and lucent) pads with -inf: one column/row on the right/bottom before a
+    stride-2 pool, one on every side before a stride-1 pool. ``ceil_mode`` lets the last stride-2
+    window hang over the edge by that one pixel, and ``padding=1`` is an implicit -inf border, so
+    the results are identical and no padded copy of the activations is made.
+    """
+    if stride == 2:
+        return nn.MaxPool2d(3, 2, ceil_mode=True)
+    return nn.MaxPool2d(3, 1, padding=1)
 
 
 class InceptionV1(nn.Module):
