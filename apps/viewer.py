@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from viewer_pages import common, compare, feature, layer, unit
+from viewer_pages import compare, feature, layer, unit
 
 st.set_page_config(page_title="circuitsviz", page_icon=":material/visibility:", layout="wide")
 

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from .data import as_dataset
-from .errors import BadInputError
 from .models import VisionModel, load_model
 from .units import Unit
 

@@ -25,7 +25,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..data import as_dataset, iterate_batches

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,7 +34,6 @@ class ZooEntry:
     labels: Callable[[], list[str] | None] = lambda: None
     # Turns a raw checkpoint into this builder's state dict (e.g. drop unused heads).
     adapt_state: Callable[[dict], dict] = lambda sd: sd
-    extra: dict = field(default_factory=dict)
 
 
 def _inceptionv1() -> ZooEntry:
