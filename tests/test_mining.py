@@ -71,7 +71,7 @@ def test_mining_matches_brute_force_top_k():
                               for u in range(acts.shape[1])])
         assert np.array_equal(r.mean_index, mean_rank)
         stats = result.stats(layer)
-        np.testing.assert_allclose(stats["mean"], acts.mean(axis=(0, 2, 3)), rtol=1e-5)
+        np.testing.assert_allclose(stats["mean"], acts.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-5)
         assert np.array_equal(stats["max"], acts.max(axis=(0, 2, 3)))
         assert np.array_equal(r.positive, (acts > 0).sum(axis=(0, 2, 3)))
         assert np.array_equal(r.hist_counts.sum(axis=1), np.full(acts.shape[1], len(data)))

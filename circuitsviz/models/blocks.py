@@ -27,12 +27,15 @@ class _RedirectedReLUFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        relu_grad = torch.where(x < 0, torch.zeros_like(grad), grad)
+        negative = x < 0
+        relu_grad = grad.masked_fill(negative, 0)
+        alive = torch.count_nonzero(relu_grad, dim=tuple(range(1, grad.dim()))) > 0
+        if bool(alive.all()):  # the usual case; only dead examples need the redirected gradient
+            return relu_grad
+        dead = ~alive
         # grad > 0 is the direction gradient descent uses to *lower* x (the loss is -objective).
-        redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)
-        alive = relu_grad.flatten(1).abs().amax(dim=1) > 0
-        alive = alive.view(-1, *([1] * (grad.dim() - 1)))
-        return torch.where(alive, relu_grad, redirected)
+        relu_grad[dead] = grad[dead].masked_fill(negative[dead] & (grad[dead] > 0), 0)
+        return relu_grad
 
 
 class ReLU(nn.Module):
@@ -52,12 +55,34 @@ class ReLU(nn.Module):
         return torch.relu(x)
 
 
+class _LRNFn(torch.autograd.Function):
+    """LRN with a hand-written backward: two windowed sums (1x1 convs with the banded matrix)
+    and a few fused element-wise passes, instead of autograd's chain of a dozen."""
+
+    @staticmethod
+    def forward(ctx, x, band, bias: float, alpha: float, beta: float):
+        t = F.conv2d(x * x, band).mul_(alpha).add_(bias)  # bias + alpha * window sum of squares
+        d = t.rsqrt() if beta == 0.5 else t.pow(-beta)
+        ctx.save_for_backward(x, band, t, d)
+        ctx.coef = 2 * alpha * beta
+        return x * d
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, band, t, d = ctx.saved_tensors
+        gd = grad * d
+        # d y_i / d x_j = d_i [i == j] - 2 alpha beta x_i x_j d_i / t_i, summed over windows i of j.
+        back = F.conv2d((gd * x).div_(t), band)  # the band is symmetric: its transpose is itself
+        return torch.addcmul(gd, x, back, value=-ctx.coef), None, None, None, None
+
+
 class LocalResponseNorm(nn.Module):
     """TensorFlow's LRN, ``x / (bias + alpha * sum_{|d'-d| <= radius} x_d'^2) ** beta``.
 
     Equal to ``F.local_response_norm(x, 2 * radius + 1, alpha * (2 * radius + 1), beta, bias)``,
-    but the windowed sum over channels is a 1x1 convolution with a banded 0/1 matrix: exact,
-    and 3-5x faster on CPU than PyTorch's 3-D average pooling, forward and backward.
+    but the windowed sum over channels is a 1x1 convolution with a banded 0/1 matrix (exact,
+    one matrix product) and the backward pass is written out, which together make it several
+    times faster on CPU than PyTorch's 3-D average pooling, forward and backward.
     """
 
     def __init__(self, depth_radius: int, bias: float, alpha: float, beta: float) -> None:
@@ -75,8 +100,7 @@ class LocalResponseNorm(nn.Module):
         return band
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        window_sum = F.conv2d(x * x, self._window(x))
-        return x / (self.bias + self.alpha * window_sum).pow(self.beta)
+        return _LRNFn.apply(x, self._window(x), self.bias, self.alpha, self.beta)
 
     def extra_repr(self) -> str:
         return f"depth_radius={self.depth_radius}, bias={self.bias}, alpha={self.alpha}, beta={self.beta}"

