@@ -105,6 +105,9 @@ def main() -> None:
         for pairing in args.pairings.split(","):
             upsample = pairing == "lucent"
             net_size = 224 if upsample else 128
+            # Warm both up (oneDNN builds its kernels on first use) so the timings are steady-state.
+            ours_render(model, layer, channels[:2], 2, upsample)
+            lucent_render(lmodel, layer, channels[:1], 2, None if upsample else 140)
             ours_t, ours_imgs = ours_render(model, layer, channels, args.steps, upsample)
             luc_t, luc_imgs = lucent_render(lmodel, layer, channels, args.steps, None if upsample else 140)
             work = len(channels) * args.steps

@@ -99,10 +99,11 @@ def test_lrn_matches_tensorflow_formula():
 
 
 @pytest.mark.parametrize("beta", [0.5, 0.75])
-def test_lrn_hand_written_backward_equals_autograd_of_the_formula(beta):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_lrn_hand_written_backward_equals_autograd_of_the_formula(beta, layout):
     # Activation-sized values (up to ~300) so the normaliser matters, in float64 so only the
-    # maths can differ; beta 0.75 covers the general (non-rsqrt) path.
-    x = (torch.randn(2, 24, 4, 5, dtype=torch.float64) * 150).requires_grad_()
+    # maths can differ; beta 0.75 covers the general (non-rsqrt) path; both memory layouts.
+    x = (torch.randn(2, 24, 4, 5, dtype=torch.float64) * 150).contiguous(memory_format=layout).requires_grad_()
     r, bias, alpha = 5, 2.0, 1e-4
     grad_out = torch.randn(2, 24, 4, 5, dtype=torch.float64)
     sq = F.pad(x.pow(2), (0, 0, 0, 0, r, r))
@@ -262,7 +263,7 @@ def test_redirected_relu_backward_follows_lucids_rule_per_example():
     # The rule, written per example: alive examples get the ReLU gradient; a dead one gets the
     # incoming gradient except where it would push an already negative input further down.
     for i in range(4):
-        relu = torch.where(x[i] < 0, 0.0, grad[i])
+        relu = torch.where(x[i] > 0, grad[i], 0.0)
         want = relu if relu.abs().sum() > 0 else torch.where((x[i] < 0) & (grad[i] > 0), 0.0, grad[i])
         assert torch.equal(ours[i], want.detach()), f"example {i}"
     assert ours[1].abs().sum() > 0 and ours[0].abs().sum() > 0

@@ -27,14 +27,16 @@ class _RedirectedReLUFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        negative = x < 0
-        relu_grad = grad.masked_fill(negative, 0)
-        alive = torch.count_nonzero(relu_grad, dim=tuple(range(1, grad.dim()))) > 0
+        # The ordinary ReLU gradient, by the kernel torch.relu uses (gradient 0 at x == 0, where
+        # Lucid's tf.where(x < 0) passes it: a measure-zero difference, and several times faster
+        # here than a masked fill).
+        relu_grad = torch.ops.aten.threshold_backward(grad, x, 0)
+        alive = relu_grad.abs().amax(dim=tuple(range(1, grad.dim()))) > 0
         if bool(alive.all()):  # the usual case; only dead examples need the redirected gradient
             return relu_grad
         dead = ~alive
         # grad > 0 is the direction gradient descent uses to *lower* x (the loss is -objective).
-        relu_grad[dead] = grad[dead].masked_fill(negative[dead] & (grad[dead] > 0), 0)
+        relu_grad[dead] = torch.where((x[dead] < 0) & (grad[dead] > 0), 0.0, grad[dead])
         return relu_grad
 
 
@@ -55,24 +57,43 @@ class ReLU(nn.Module):
         return torch.relu(x)
 
 
+def _channel_window_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """``out[:, d] = sum(x[:, d'] for |d' - d| <= radius)``, zero beyond the edges.
+
+    Shifted adds along the channel axis: exact, and 2-3x cheaper on CPU than multiplying by the
+    C x C banded matrix, because the band is only 2 * radius + 1 wide. Channels-last input is
+    summed along its contiguous last axis and the result comes back channels-last.
+    """
+    c = x.shape[1]
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    view, dim = (x.permute(0, 2, 3, 1), -1) if channels_last else (x, 1)
+    pad = (radius, radius) if channels_last else (0, 0) * (x.dim() - 2) + (radius, radius)
+    padded = F.pad(view, pad)
+    total = padded.narrow(dim, 0, c).clone()
+    for k in range(1, 2 * radius + 1):
+        total += padded.narrow(dim, k, c)
+    return total.permute(0, 3, 1, 2) if channels_last else total
+
+
 class _LRNFn(torch.autograd.Function):
-    """LRN with a hand-written backward: two windowed sums (1x1 convs with the banded matrix)
-    and a few fused element-wise passes, instead of autograd's chain of a dozen."""
+    """LRN with a hand-written backward: two windowed sums and a few element-wise passes,
+    instead of autograd's chain of a dozen."""
 
     @staticmethod
-    def forward(ctx, x, band, bias: float, alpha: float, beta: float):
-        t = F.conv2d(x * x, band).mul_(alpha).add_(bias)  # bias + alpha * window sum of squares
+    def forward(ctx, x, radius: int, bias: float, alpha: float, beta: float):
+        t = _channel_window_sum(x * x, radius).mul_(alpha).add_(bias)  # bias + alpha * sum x^2
         d = t.rsqrt() if beta == 0.5 else t.pow(-beta)
-        ctx.save_for_backward(x, band, t, d)
-        ctx.coef = 2 * alpha * beta
+        ctx.save_for_backward(x, t, d)
+        ctx.radius, ctx.coef = radius, 2 * alpha * beta
         return x * d
 
     @staticmethod
     def backward(ctx, grad):
-        x, band, t, d = ctx.saved_tensors
+        x, t, d = ctx.saved_tensors
         gd = grad * d
-        # d y_i / d x_j = d_i [i == j] - 2 alpha beta x_i x_j d_i / t_i, summed over windows i of j.
-        back = F.conv2d((gd * x).div_(t), band)  # the band is symmetric: its transpose is itself
+        # d y_i / d x_j = d_i [i == j] - 2 alpha beta x_i x_j d_i / t_i for every window i that
+        # holds j; the windows are symmetric, so the sum over i is the same window sum.
+        back = _channel_window_sum((gd * x).div_(t), ctx.radius)
         return torch.addcmul(gd, x, back, value=-ctx.coef), None, None, None, None
 
 
@@ -80,27 +101,17 @@ class LocalResponseNorm(nn.Module):
     """TensorFlow's LRN, ``x / (bias + alpha * sum_{|d'-d| <= radius} x_d'^2) ** beta``.
 
     Equal to ``F.local_response_norm(x, 2 * radius + 1, alpha * (2 * radius + 1), beta, bias)``,
-    but the windowed sum over channels is a 1x1 convolution with a banded 0/1 matrix (exact,
-    one matrix product) and the backward pass is written out, which together make it several
-    times faster on CPU than PyTorch's 3-D average pooling, forward and backward.
+    but the windowed sum over channels is a handful of shifted adds and the backward pass is
+    written out, which together make it several times faster on CPU than PyTorch's 3-D average
+    pooling, forward and backward.
     """
 
     def __init__(self, depth_radius: int, bias: float, alpha: float, beta: float) -> None:
         super().__init__()
         self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
-        self._band: torch.Tensor | None = None
-
-    def _window(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        band = self._band
-        if band is None or band.shape[0] != c or band.device != x.device or band.dtype != x.dtype:
-            i = torch.arange(c, device=x.device)
-            band = ((i[:, None] - i[None, :]).abs() <= self.depth_radius).to(x.dtype)[:, :, None, None]
-            self._band = band
-        return band
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _LRNFn.apply(x, self._window(x), self.bias, self.alpha, self.beta)
+        return _LRNFn.apply(x, self.depth_radius, self.bias, self.alpha, self.beta)
 
     def extra_repr(self) -> str:
         return f"depth_radius={self.depth_radius}, bias={self.bias}, alpha={self.alpha}, beta={self.beta}"
