@@ -137,6 +137,34 @@ def test_pre_relu_concat_is_relu_free_version_of_mixed_layer(inception):
     assert (acts["mixed3b_pre_relu"] < 0).any()
 
 
+def test_skipped_branches_change_nothing_that_is_read_forward_or_backward(inception):
+    # mixed3b:379 and :330 lie in the 5x5 branch (channels 320..415); the 1x1, 3x3 and pool
+    # branches are skipped. The read channels and the image gradient must be what a full pass gives.
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    grads = []
+    for channels in (None, {"mixed3b": [379, 330]}):
+        act = inception.activations(x, "mixed3b", grad=True, check=False, channels=channels)["mixed3b"]
+        (g,) = torch.autograd.grad(act[:, [379, 330]].mean(), x)
+        grads.append((act.detach(), g))
+    (full, g_full), (pruned, g_pruned) = grads
+    torch.testing.assert_close(pruned[:, 320:416], full[:, 320:416], rtol=0, atol=0)
+    assert pruned[:, :320].abs().max() == 0 and pruned[:, 416:].abs().max() == 0  # really skipped
+    torch.testing.assert_close(g_pruned, g_full, rtol=1e-5, atol=1e-9)
+
+
+def test_branches_are_skipped_only_when_nothing_else_needs_them():
+    from circuitsviz.models.inceptionv1 import unread_branches
+
+    assert unread_branches(["mixed3b"], {"mixed3b": [379]}) == {"mixed3b": {"1x1", "3x3", "pool_reduce"}}
+    assert unread_branches(["mixed4e"], {"mixed4e": [55, 300]}) == {"mixed4e": {"5x5", "pool_reduce"}}
+    assert unread_branches(["conv2d2", "mixed4e"], {"mixed4e": [55]}) == {"mixed4e": {"3x3", "5x5", "pool_reduce"}}
+    assert unread_branches(["mixed3b"], {"mixed3b": None}) == {}               # all channels read
+    assert unread_branches(["mixed3b", "mixed4a"], {"mixed3b": [379]}) == {}  # a deeper layer needs them all
+    assert unread_branches(["mixed3b", "mixed3b_3x3"], {"mixed3b": [379]}) == {}  # a branch layer is read
+    assert unread_branches(["mixed3b_pre_relu"], {"mixed3b_pre_relu": [379]}) == {}
+    assert unread_branches(["mixed3b"], {"mixed3b": range(480)}) == {}
+
+
 def test_forward_to_mixed3b_runs_nothing_deeper(inception):
     ran = []
     handles = [inception.net.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: ran.append(n))

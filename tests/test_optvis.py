@@ -229,6 +229,20 @@ def test_objective_algebra_matches_the_arithmetic():
     assert torch.allclose((peak + channel("b", 1))(acts), acts["b"][:, 1].amax(dim=(1, 2)) + ch("b", 1))
 
 
+def test_objectives_declare_only_the_channels_they_read():
+    v = torch.tensor([0.0, 2.0, 0.0, -1.0])
+    assert channel("a", 3).channels == {"a": {3}}
+    assert neuron("a", 2, x=1, y=1).channels == {"a": {2}}
+    assert direction("a", v).channels == {"a": {1, 3}}
+    assert (channel("a", 3) - 0.5 * channel("b", 1) + 1).channels == {"a": {3}, "b": {1}}
+    assert stack([(channel("a", 3), 1), (direction("a", v), 1)]).channels == {"a": {1, 3}}
+    # anything that may read every channel says so, and sums with it do too
+    assert diversity("a").channels is None
+    assert (channel("a", 3) + diversity("a")).channels is None
+    assert objective(lambda acts: acts["a"].mean((1, 2, 3)), layers=["a"]).channels is None
+    assert stack([(channel("a", 3), 1), (channel("a", 0) + diversity("a"), 2)]).channels is None
+
+
 def test_stacked_batch_objective_scores_each_image_by_its_own_unit():
     g = torch.Generator().manual_seed(0)
     acts = {"a": torch.randn(5, 6, 4, 4, generator=g)}

@@ -31,7 +31,8 @@ class _RedirectedReLUFn(torch.autograd.Function):
         # Lucid's tf.where(x < 0) passes it: a measure-zero difference, and several times faster
         # here than a masked fill).
         relu_grad = torch.ops.aten.threshold_backward(grad, x, 0)
-        alive = relu_grad.abs().amax(dim=tuple(range(1, grad.dim()))) > 0
+        dims = tuple(range(1, grad.dim()))
+        alive = (relu_grad.amax(dim=dims) > 0) | (relu_grad.amin(dim=dims) < 0)  # no |.| copy
         if bool(alive.all()):  # the usual case; only dead examples need the redirected gradient
             return relu_grad
         dead = ~alive
@@ -57,6 +58,11 @@ class ReLU(nn.Module):
         return torch.relu(x)
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is laid out channels-last (and not also plainly contiguous)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _channel_window_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
     """``out[:, d] = sum(x[:, d'] for |d' - d| <= radius)``, zero beyond the edges.
 
@@ -65,7 +71,7 @@ def _channel_window_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
     summed along its contiguous last axis and the result comes back channels-last.
     """
     c = x.shape[1]
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    channels_last = is_channels_last(x)
     view, dim = (x.permute(0, 2, 3, 1), -1) if channels_last else (x, 1)
     pad = (radius, radius) if channels_last else (0, 0) * (x.dim() - 2) + (radius, radius)
     padded = F.pad(view, pad)

@@ -8,10 +8,13 @@ uses depth_radius 5, bias 2, alpha 1e-4, beta 0.5. PyTorch's LRN takes a window 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+
 import torch
 from torch import nn
 
-from .blocks import Concat, LocalResponseNorm, ReLU
+from .blocks import Concat, LocalResponseNorm, ReLU, is_channels_last
 from .wrapper import Branch, LayerInfo
 
 LUCID_LRN = dict(depth_radius=5, bias=2.0, alpha=1e-4, beta=0.5)
@@ -87,21 +90,51 @@ class InceptionV1(nn.Module):
         self.avgpool0 = nn.AdaptiveAvgPool2d(1)
         self.softmax2_pre_activation_matmul = nn.Linear(1024, 1008)
         self.softmax2 = nn.Softmax(dim=1)
+        self._skip: dict[str, frozenset[str]] = {}  # set only inside skipping_unread_branches()
 
     def _conv(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = getattr(self, f"{name}_pre_relu_conv")(x)
         return pre, getattr(self, name)(pre)
 
+    def _branch(self, name: str, branch: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if branch == "1x1":
+            return self._conv(f"{name}_1x1", x)
+        if branch == "pool_reduce":
+            return self._conv(f"{name}_pool_reduce", getattr(self, f"{name}_pool")(x))
+        _, bottleneck = self._conv(f"{name}_{branch}_bottleneck", x)
+        return self._conv(f"{name}_{branch}", bottleneck)
+
     def _mixed(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        pre1, out1 = self._conv(f"{name}_1x1", x)
-        _, b3 = self._conv(f"{name}_3x3_bottleneck", x)
-        pre3, out3 = self._conv(f"{name}_3x3", b3)
-        _, b5 = self._conv(f"{name}_5x5_bottleneck", x)
-        pre5, out5 = self._conv(f"{name}_5x5", b5)
-        prep, outp = self._conv(f"{name}_pool_reduce", getattr(self, f"{name}_pool")(x))
+        skip = self._skip.get(name, frozenset())
+        pres, outs = [], []
+        for branch, width in zip(BRANCHES, branch_widths(name)):
+            if branch in skip:  # nothing reads these channels: zeros keep the numbering
+                fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+                pre = out = torch.empty((x.shape[0], width, *x.shape[2:]), dtype=x.dtype, device=x.device,
+                                        memory_format=fmt).zero_()
+            else:
+                pre, out = self._branch(name, branch, x)
+            pres.append(pre)
+            outs.append(out)
         if getattr(self, f"{name}_pre_relu")._forward_hooks:  # only built when someone asks for it
-            getattr(self, f"{name}_pre_relu")(pre1, pre3, pre5, prep)
-        return getattr(self, name)(out1, out3, out5, outp)
+            getattr(self, f"{name}_pre_relu")(*pres)
+        return getattr(self, name)(*outs)
+
+    @contextlib.contextmanager
+    def skipping_unread_branches(self, layers: Iterable[str],
+                                 channels: Mapping[str, Iterable[int] | None]) -> Iterator[None]:
+        """Within the block, the deepest mixed layer asked for computes only the branches that
+        hold a channel in ``channels[layer]``; the others come back as zeros.
+
+        Rendering ``mixed3b:379`` (a 5x5-branch channel) then skips mixed3b's 1x1, 3x3 and pool
+        branches, forward and backward: exact for whatever reads only those channels. Nothing is
+        skipped when another requested layer lies inside that block (a branch, ``*_pre_relu``).
+        """
+        self._skip = unread_branches(list(layers), channels)
+        try:
+            yield
+        finally:
+            self._skip = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, x = self._conv("conv2d0", self.conv2d0_pad(x))
@@ -116,6 +149,35 @@ class InceptionV1(nn.Module):
         # Lucid pools 7x7 at 224 px; adaptive pooling gives the same there and works at any size.
         x = self.avgpool0(x).flatten(1)
         return self.softmax2(self.softmax2_pre_activation_matmul(x))
+
+
+def branch_widths(name: str) -> tuple[int, int, int, int]:
+    """Channels of the 1x1, 3x3, 5x5 and pool branches of a mixed layer, in concat order."""
+    _, c1, _, c3, _, c5, cp = MIXED[name]
+    return c1, c3, c5, cp
+
+
+def unread_branches(layers: list[str], channels: Mapping[str, Iterable[int] | None]) -> dict[str, frozenset[str]]:
+    """{deepest mixed layer: its branches holding none of the channels read}, or {} when unsafe."""
+    order = list(MIXED)
+
+    def block(layer: str) -> int:
+        for i, m in enumerate(order):
+            if layer == m or layer.startswith(m + "_"):
+                return i
+        return -1 if layer.startswith("conv2d") else len(order)
+
+    deepest = max(layers, key=block)
+    read = channels.get(deepest)
+    if deepest not in MIXED or read is None or any(l != deepest and block(l) == block(deepest) for l in layers):
+        return {}
+    read = set(read)
+    skip, start = set(), 0
+    for branch, width in zip(BRANCHES, branch_widths(deepest)):
+        if not any(start <= c < start + width for c in read):
+            skip.add(branch)
+        start += width
+    return {deepest: frozenset(skip)} if skip else {}
 
 
 def layer_table() -> list[LayerInfo]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -176,12 +176,16 @@ class VisionModel(nn.Module):
         *,
         grad: bool = False,
         check: bool = True,
+        channels: Mapping[str, Iterable[int] | None] | None = None,
         _stop: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Run the network only as far as the deepest requested layer; return exactly those layers.
 
         ``grad=False`` (the default) runs without autograd. Optimisation passes ``grad=True`` and
         ``check=False`` (its images are in range by construction). Hooks are always removed.
+        ``channels`` promises that only these channels of each layer will be read; a network
+        that can use it (InceptionV1 skips the branches of the deepest mixed layer that hold
+        none of them) returns the unread channels as zeros.
         """
         names = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
         if not names:
@@ -200,8 +204,10 @@ class VisionModel(nn.Module):
             return hook
 
         handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
+        skipping = getattr(self.net, "skipping_unread_branches", None)
+        pruned = skipping(names, channels) if channels and skipping else contextlib.nullcontext()
         try:
-            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()), pruned:
                 try:
                     self.net(self.preprocess(self._layout(images.to(self.device))))
                 except _StopForward:

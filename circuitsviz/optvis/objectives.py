@@ -38,14 +38,18 @@ class Objective:
 
     ``layers`` lists the layers ``fn`` reads (``None``: unknown, found by a probe call before
     rendering). ``checks`` validate the objective against a model before any work is done.
+    ``channels`` maps each layer to the only channels ``fn`` reads, when that is known for sure
+    (the built-in linear objectives and their sums); the forward pass may then skip work that
+    feeds no read channel. ``None`` (the default, and for any hand-written function): all.
     """
 
     def __init__(self, fn: Callable[[Acts], torch.Tensor], layers: Iterable[str] | None, name: str,
-                 checks: Sequence[Callable] = ()) -> None:
+                 checks: Sequence[Callable] = (), channels: Mapping[str, frozenset[int]] | None = None) -> None:
         self.fn = fn
         self.layers = None if layers is None else tuple(dict.fromkeys(layers))
         self.name = name
         self.checks = tuple(checks)
+        self.channels = None if channels is None else dict(channels)
 
     def __call__(self, acts: Acts) -> torch.Tensor:
         return self.fn(acts)
@@ -63,11 +67,13 @@ class Objective:
     # ------------------------------------------------------------------ algebra
     def _combine(self, other: "Objective", op: Callable, name: str) -> "Objective":
         layers = None if self.layers is None or other.layers is None else self.layers + other.layers
-        return Objective(lambda acts: op(self(acts), other(acts)), layers, name, self.checks + other.checks)
+        return Objective(lambda acts: op(self(acts), other(acts)), layers, name, self.checks + other.checks,
+                         union_channels([self, other]))
 
     def __add__(self, other):
         if isinstance(other, (int, float)):
-            return Objective(lambda acts: self(acts) + other, self.layers, f"{self.name} + {other}", self.checks)
+            return Objective(lambda acts: self(acts) + other, self.layers, f"{self.name} + {other}", self.checks,
+                             self.channels)
         if isinstance(other, Objective):
             return self._combine(other, torch.add, f"{self.name} + {other.name}")
         return NotImplemented
@@ -77,7 +83,8 @@ class Objective:
     def __mul__(self, k):
         if not isinstance(k, (int, float)):
             return NotImplemented
-        return Objective(lambda acts: k * self(acts), self.layers, f"{k} * ({self.name})", self.checks)
+        return Objective(lambda acts: k * self(acts), self.layers, f"{k} * ({self.name})", self.checks,
+                         self.channels)
 
     __rmul__ = __mul__
 
@@ -105,7 +112,7 @@ class Objective:
             vals = self({k: v[start:stop] for k, v in acts.items()})
             return F.pad(vals, (start, n - stop))
 
-        return Objective(fn, self.layers, f"{self.name}[batch={batch}]", self.checks)
+        return Objective(fn, self.layers, f"{self.name}[batch={batch}]", self.checks, self.channels)
 
 
 class LinearObjective(Objective):
@@ -118,7 +125,8 @@ class LinearObjective(Objective):
     def __init__(self, layer: str, channel: int | None, vector: torch.Tensor | None,
                  pos: tuple[int | None, int | None] | None, coef: float, name: str, checks=()) -> None:
         self.layer, self.channel, self.vector, self.pos, self.coef = layer, channel, vector, pos, coef
-        super().__init__(self._value, [layer], name, checks)
+        read = [channel] if channel is not None else torch.nonzero(vector).flatten().tolist()
+        super().__init__(self._value, [layer], name, checks, {layer: frozenset(read)})
 
     def _value(self, acts: Acts) -> torch.Tensor:
         a = _at(acts[self.layer], self.pos)
@@ -144,6 +152,17 @@ class LinearObjective(Objective):
                                f"{k} * ({self.name})", self.checks)
 
     __rmul__ = __mul__
+
+
+def union_channels(objectives: Iterable[Objective]) -> dict[str, frozenset[int]] | None:
+    """The channels that a sum of ``objectives`` reads, per layer (``None`` if any may read all)."""
+    out: dict[str, frozenset[int]] = {}
+    for o in objectives:
+        if o.channels is None or o.layers is None or set(o.layers) - set(o.channels):
+            return None
+        for layer, chans in o.channels.items():
+            out[layer] = out.get(layer, frozenset()) | chans
+    return out
 
 
 def _at(a: torch.Tensor, pos: tuple[int | None, int | None] | None) -> torch.Tensor:
@@ -289,4 +308,4 @@ def stack(groups: Sequence[tuple[Objective, int]]) -> Objective:
     names = [o.name for o, _ in groups]
     name = f"stack({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
     checks = [c for o, _ in groups for c in o.checks]
-    return Objective(fn, None if unknown else layers, name, checks)
+    return Objective(fn, None if unknown else layers, name, checks, union_channels(o for o, _ in groups))

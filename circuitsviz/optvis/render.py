@@ -159,7 +159,7 @@ def _optimise(model, groups: list[_Group], image_param: ImageParam, plan, tfm, *
         img = image_param()
         x = tfm(img, plan[step], out) if tfm is not None else resize_for_model(img, out)
         with model.redirected_relu(step < redirect_steps):
-            acts = model.activations(x, layers, grad=True, check=False)
+            acts = model.activations(x, layers, grad=True, check=False, channels=objective.channels)
             loss = -objective(acts).sum()  # the sum, not the mean: each image's gradient is its own
             loss.backward()
         opt.step()
@@ -169,7 +169,8 @@ def _optimise(model, groups: list[_Group], image_param: ImageParam, plan, tfm, *
         img = image_param().detach()
         score = stack([(g.score, g.n) for g in groups])
         acts = model.activations(resize_for_model(img, final),
-                                 _layers_of_groups(model, [g.score for g in groups], final), check=False)
+                                 _layers_of_groups(model, [g.score for g in groups], final), check=False,
+                                 channels=score.channels)
         scores = score(acts)
     return img, scores
 
