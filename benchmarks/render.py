@@ -13,6 +13,9 @@ Two pairings, because the two libraries feed the network differently:
   against lucent with ``fixed_image_size=140`` so both push the same number of pixels;
 * ``lucent``: circuitsviz with ``upsample=True`` against lucent's default (upsampled to 224).
 
+The process applies :func:`circuitsviz.retain_freed_memory` first, as the ``circuitsviz`` command
+does; it holds for both libraries (``--no-retain-memory`` measures without it).
+
 Reported per pairing: channel-steps per second for both and their ratio, and the mean final
 objective (channel mean on the final image, scored on circuitsviz's Lucid-faithful net and on
 lucent's own net, at the size each pipeline feeds). Lucent's net keeps its own LRN constants and
@@ -29,6 +32,7 @@ import torch
 
 from circuitsviz.models import load_model
 from circuitsviz.optvis import visualize
+from circuitsviz.runtime import retain_freed_memory
 
 UNITS = {"mixed3b": [379, 406, 385, 343, 342, 388, 340, 330], "mixed4e": [55, 56, 60, 61, 62, 63, 64, 65]}
 
@@ -85,10 +89,15 @@ def score(model, lmodel, layer: str, channels: list[int], images: list, size: in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=4, help="steps per render (default: %(default)s; 512 is Lucid's)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each, median reported (default: %(default)s)")
     ap.add_argument("--layers", default="mixed3b,mixed4e")
     ap.add_argument("--pairings", default="lucid,lucent")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-retain-memory", action="store_true",
+                    help="leave glibc malloc at its defaults instead of applying circuitsviz.retain_freed_memory() "
+                         "(what the circuitsviz command does) to this process, for both libraries")
     args = ap.parse_args()
+    retained = False if args.no_retain_memory else retain_freed_memory()
 
     from lucent.modelzoo import inceptionv1
 
@@ -97,7 +106,8 @@ def main() -> None:
     lmodel.load_state_dict(model.net.state_dict())
     torch.manual_seed(0)  # lucent draws from the global RNGs; seed them for a repeatable benchmark
     np.random.seed(0)
-    print(f"device={args.device} threads={torch.get_num_threads()} steps={args.steps} units=8 size=128")
+    print(f"device={args.device} threads={torch.get_num_threads()} steps={args.steps} units=8 size=128 "
+          f"repeats={args.repeats} retain_freed_memory={retained}")
     print(f"{'layer':8} {'pairing':7} {'cv ch-steps/s':>13} {'lucent ch-steps/s':>17} {'ratio':>6}  "
           f"{'objective cv / lucent (our net)':>31}  {'(lucent net)':>16}")
     for layer in args.layers.split(","):
@@ -105,11 +115,17 @@ def main() -> None:
         for pairing in args.pairings.split(","):
             upsample = pairing == "lucent"
             net_size = 224 if upsample else 128
-            # Warm both up (oneDNN builds its kernels on first use) so the timings are steady-state.
-            ours_render(model, layer, channels[:2], 2, upsample)
+            # Warm both up at the measured batch shapes (oneDNN builds its kernels per shape on
+            # first use), then alternate the two and keep the median time of each.
+            ours_render(model, layer, channels, 2, upsample)
             lucent_render(lmodel, layer, channels[:1], 2, None if upsample else 140)
-            ours_t, ours_imgs = ours_render(model, layer, channels, args.steps, upsample)
-            luc_t, luc_imgs = lucent_render(lmodel, layer, channels, args.steps, None if upsample else 140)
+            ours_ts, luc_ts = [], []
+            for _ in range(args.repeats):
+                ours_t, ours_imgs = ours_render(model, layer, channels, args.steps, upsample)
+                luc_t, luc_imgs = lucent_render(lmodel, layer, channels, args.steps, None if upsample else 140)
+                ours_ts.append(ours_t)
+                luc_ts.append(luc_t)
+            ours_t, luc_t = float(np.median(ours_ts)), float(np.median(luc_ts))
             work = len(channels) * args.steps
             o_cv, l_cv = score(model, lmodel, layer, channels, ours_imgs, net_size)
             o_lu, l_lu = score(model, lmodel, layer, channels, luc_imgs, net_size)

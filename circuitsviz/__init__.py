@@ -39,6 +39,8 @@ _EXPORTS = {
     # data and the study pipeline
     "ConceptDataset": "circuitsviz.data", "ImageFolderDataset": "circuitsviz.data",
     "study": "circuitsviz.study", "StudySettings": "circuitsviz.study", "StudyReport": "circuitsviz.study",
+    # process-level CPU tuning (opt-in; the command line applies it)
+    "retain_freed_memory": "circuitsviz.runtime",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -113,6 +113,47 @@ def test_lrn_hand_written_backward_equals_autograd_of_the_formula(beta, layout):
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("radius", [0, 1, 2, 3, 5, 7])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_channel_window_sum_equals_the_definition(radius, layout):
+    from circuitsviz.models.blocks import _channel_window_sum
+
+    x = torch.randn(2, 13, 3, 4, dtype=torch.float64)
+    expected = torch.stack([x[:, max(0, d - radius): d + radius + 1].sum(1) for d in range(13)], dim=1)
+    torch.testing.assert_close(_channel_window_sum(x.contiguous(memory_format=layout), radius), expected)
+
+
+@pytest.mark.parametrize("size", [145, 146, 35])
+def test_space_to_depth_stem_conv_equals_the_plain_stride_2_conv(size):
+    from circuitsviz.models.blocks import StemConv2d
+
+    plain = nn.Conv2d(3, 64, 7, stride=2).double()
+    folded = StemConv2d(3, 64, 7, stride=2).double()
+    folded.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, size, size, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn_like(plain(x))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.contiguous(memory_format=layout)
+        expected, got = plain(xl), folded(xl)
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(torch.autograd.grad(got, x, grad_out)[0],
+                                   torch.autograd.grad(expected, x, grad_out)[0])
+
+
+def test_stem_pools_before_its_relu_only_when_nobody_reads_conv2d0(inception):
+    # Max pooling commutes with ReLU, so without a hook on conv2d0 the stem rectifies after
+    # pooling; asking for conv2d0 forces Lucid's order. Both must give the same later
+    # activations and the same image gradient.
+    x = torch.rand(2, 3, 99, 99, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    out = []
+    for layers in (["mixed3a"], ["conv2d0", "mixed3a"]):
+        act = inception.activations(x, layers, grad=True, check=False)["mixed3a"]
+        (g,) = torch.autograd.grad(act[:, 5].square().mean(), x)
+        out.append((act.detach(), g))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-7)
+
+
 def test_layer_table_has_lucids_channel_counts_and_branches(inception):
     for name, c in LUCID_CHANNELS.items():
         assert inception.channels(name) == c

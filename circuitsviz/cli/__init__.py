@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from ..errors import CircuitsvizError
+from ..runtime import retain_freed_memory
 
 # Order is the order `circuitsviz --help` lists them in.
 SUBCOMMANDS = ["layers", "visualize", "mine", "merge", "sae", "serve", "data", "study"]
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    retain_freed_memory()  # this process is ours: reuse big CPU buffers across steps (see runtime.py)
     try:
         return int(args.func(args) or 0)
     except CircuitsvizError as e:

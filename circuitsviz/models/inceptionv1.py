@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .blocks import Concat, LocalResponseNorm, ReLU, is_channels_last
+from .blocks import Concat, LocalResponseNorm, ReLU, StemConv2d, is_channels_last
 from .wrapper import Branch, LayerInfo
 
 LUCID_LRN = dict(depth_radius=5, bias=2.0, alpha=1e-4, beta=0.5)
@@ -63,7 +63,7 @@ class InceptionV1(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv2d0_pre_relu_conv = nn.Conv2d(3, 64, 7, stride=2)
+        self.conv2d0_pre_relu_conv = StemConv2d(3, 64, 7, stride=2)
         self.conv2d1_pre_relu_conv = nn.Conv2d(64, 64, 1)
         self.conv2d2_pre_relu_conv = nn.Conv2d(64, 192, 3)
         self.conv2d0_pad = nn.ZeroPad2d((2, 3, 2, 3))
@@ -137,8 +137,12 @@ class InceptionV1(nn.Module):
             self._skip = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, x = self._conv("conv2d0", self.conv2d0_pad(x))
-        x = self.localresponsenorm0(self.maxpool0(x))
+        pre = self.conv2d0_pre_relu_conv(self.conv2d0_pad(x))
+        if self.conv2d0._forward_hooks:
+            x = self.maxpool0(self.conv2d0(pre))
+        else:  # max pooling commutes with ReLU: rectify after it, on 4x fewer values, same result
+            x = self.conv2d0(self.maxpool0(pre))
+        x = self.localresponsenorm0(x)
         _, x = self._conv("conv2d1", x)
         _, x = self._conv("conv2d2", self.conv2d2_pad(x))
         x = self.maxpool1(self.localresponsenorm1(x))
