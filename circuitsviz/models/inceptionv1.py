@@ -65,9 +65,8 @@ class InceptionV1(nn.Module):
         super().__init__()
         self.conv2d0_pre_relu_conv = StemConv2d(3, 64, 7, stride=2)
         self.conv2d1_pre_relu_conv = nn.Conv2d(64, 64, 1)
-        self.conv2d2_pre_relu_conv = nn.Conv2d(64, 192, 3)
+        self.conv2d2_pre_relu_conv = nn.Conv2d(64, 192, 3, padding=1)  # lucent pads first; same result, no copy
         self.conv2d0_pad = nn.ZeroPad2d((2, 3, 2, 3))
-        self.conv2d2_pad = nn.ZeroPad2d(1)
         for name in ("conv2d0", "conv2d1", "conv2d2"):
             setattr(self, name, ReLU())
         self.maxpool0 = _same_pool(2)
@@ -144,7 +143,7 @@ class InceptionV1(nn.Module):
             x = self.conv2d0(self.maxpool0(pre))
         x = self.localresponsenorm0(x)
         _, x = self._conv("conv2d1", x)
-        _, x = self._conv("conv2d2", self.conv2d2_pad(x))
+        _, x = self._conv("conv2d2", x)
         x = self.maxpool1(self.localresponsenorm1(x))
         for name in MIXED:
             if name in POOL_BEFORE:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 # Lucid's colour correlation (square root of the ImageNet colour covariance, from its SVD),
 # normalised by its largest column norm. Decorrelated parameters are mapped through it.
@@ -49,7 +50,7 @@ def _randn(shape: Sequence[int], generators: Sequence[torch.Generator], sd: floa
 def decorrelate_colors(t: torch.Tensor) -> torch.Tensor:
     """Map decorrelated colour channels to RGB with Lucid's colour matrix (``B x 3 x H x W``)."""
     m = COLOR_CORRELATION.to(t.device, t.dtype)
-    return torch.einsum("bchw,dc->bdhw", t, m)
+    return F.conv2d(t, m[:, :, None, None])  # a 1x1 convolution: out[d] = sum_c m[d, c] * t[c]
 
 
 def _to_rgb(t: torch.Tensor, decorrelate: bool) -> torch.Tensor:
