@@ -154,6 +154,17 @@ def test_stem_pools_before_its_relu_only_when_nobody_reads_conv2d0(inception):
     torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-7)
 
 
+def test_lrn_without_autograd_equals_the_autograd_path_across_its_batch_chunks():
+    # 6 images of 64x64x64 = 262k values each: the inference path takes them 4 at a time.
+    lrn = LocalResponseNorm(5, 2.0, 1e-4, 0.5)
+    x = (torch.randn(6, 64, 64, 64, generator=torch.Generator().manual_seed(0)) * 100)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fast = lrn(x)
+    torch.testing.assert_close(fast, lrn(x.clone().requires_grad_()).detach(), rtol=0, atol=0)
+    torch.testing.assert_close(fast, F.local_response_norm(x, **LRN))
+
+
 def test_layer_table_has_lucids_channel_counts_and_branches(inception):
     for name, c in LUCID_CHANNELS.items():
         assert inception.channels(name) == c

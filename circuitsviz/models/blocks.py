@@ -90,6 +90,9 @@ def _channel_window_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
     return total.permute(0, 3, 1, 2) if channels_last else total
 
 
+_INFERENCE_CHUNK = 1 << 20  # elements per slice of the batch in LocalResponseNorm without autograd
+
+
 class _LRNFn(torch.autograd.Function):
     """LRN with a hand-written backward: two windowed sums and a few element-wise passes,
     instead of autograd's chain of a dozen."""
@@ -126,7 +129,22 @@ class LocalResponseNorm(nn.Module):
         self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _LRNFn.apply(x, self.depth_radius, self.bias, self.alpha, self.beta)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _LRNFn.apply(x, self.depth_radius, self.bias, self.alpha, self.beta)
+        return self._inference(x)
+
+    def _inference(self, x: torch.Tensor) -> torch.Tensor:
+        """The same values without autograd, a few images at a time: the temporaries stay small
+        enough for malloc to reuse, where a whole 224-px batch would map (and page-fault in)
+        several fresh ~80 MB buffers per call."""
+        out = torch.empty_like(x)
+        step = max(1, _INFERENCE_CHUNK // max(1, x[0].numel()))
+        for i in range(0, x.shape[0], step):
+            xs = x[i:i + step]
+            t = _channel_window_sum(xs * xs, self.depth_radius).mul_(self.alpha).add_(self.bias)
+            t = t.rsqrt_() if self.beta == 0.5 else t.pow_(-self.beta)
+            torch.mul(xs, t, out=out[i:i + step])
+        return out
 
     def extra_repr(self) -> str:
         return f"depth_radius={self.depth_radius}, bias={self.bias}, alpha={self.alpha}, beta={self.beta}"

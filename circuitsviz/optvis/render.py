@@ -9,6 +9,10 @@ Reproducibility: on the CPU the same seed and settings give bit-identical images
 ``grid_sample``'s backward (the transforms) and some cuDNN kernels accumulate with atomic adds,
 so images can differ in the last bits between runs; this has not been measured yet.
 
+Speed on a CPU: call :func:`circuitsviz.retain_freed_memory` once per process (the
+``circuitsviz`` command does) so the activations freed every step are reused rather than
+page-faulted in again; it is a process-wide malloc setting, so the library leaves it to you.
+
 >>> model = load_model("inceptionv1", pretrained=False)                       # doctest: +SKIP
 >>> [r] = visualize(model, "mixed4e:55", steps=64)                           # doctest: +SKIP
 >>> r.pil().save("mixed4e_55.png")                                           # doctest: +SKIP
