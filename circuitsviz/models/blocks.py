@@ -157,7 +157,8 @@ class StemConv2d(nn.Conv2d):
     Same parameters and the same result (up to float rounding): the input is folded into
     4x the channels at half the resolution and the kernel into a 4x4 one (zero-padded to 8x8
     first). oneDNN's stride-2 backward pass to a 3-channel image is slow; the folded one runs
-    about 1.5x faster, forward and backward. CUDA and other strides take the usual path.
+    about 1.5x faster (the forward costs about the same). CUDA and other strides take the usual
+    path.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
