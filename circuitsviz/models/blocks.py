@@ -93,14 +93,19 @@ def _channel_window_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
 _INFERENCE_CHUNK = 1 << 20  # elements per slice of the batch in LocalResponseNorm without autograd
 
 
+def _lrn_terms(x: torch.Tensor, radius: int, bias: float, alpha: float, beta: float):
+    """``t = bias + alpha * window sum of x^2`` and the scale ``d = t ** -beta`` (so ``y = x * d``)."""
+    t = _channel_window_sum(x * x, radius).mul_(alpha).add_(bias)
+    return t, (t.rsqrt() if beta == 0.5 else t.pow(-beta))
+
+
 class _LRNFn(torch.autograd.Function):
     """LRN with a hand-written backward: two windowed sums and a few element-wise passes,
     instead of autograd's chain of a dozen."""
 
     @staticmethod
     def forward(ctx, x, radius: int, bias: float, alpha: float, beta: float):
-        t = _channel_window_sum(x * x, radius).mul_(alpha).add_(bias)  # bias + alpha * sum x^2
-        d = t.rsqrt() if beta == 0.5 else t.pow(-beta)
+        t, d = _lrn_terms(x, radius, bias, alpha, beta)
         ctx.save_for_backward(x, t, d)
         ctx.radius, ctx.coef = radius, 2 * alpha * beta
         return x * d
@@ -141,9 +146,8 @@ class LocalResponseNorm(nn.Module):
         step = max(1, _INFERENCE_CHUNK // max(1, x[0].numel()))
         for i in range(0, x.shape[0], step):
             xs = x[i:i + step]
-            t = _channel_window_sum(xs * xs, self.depth_radius).mul_(self.alpha).add_(self.bias)
-            t = t.rsqrt_() if self.beta == 0.5 else t.pow_(-self.beta)
-            torch.mul(xs, t, out=out[i:i + step])
+            _, d = _lrn_terms(xs, self.depth_radius, self.bias, self.alpha, self.beta)
+            torch.mul(xs, d, out=out[i:i + step])
         return out
 
     def extra_repr(self) -> str:

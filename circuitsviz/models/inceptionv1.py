@@ -106,13 +106,13 @@ class InceptionV1(nn.Module):
     def _mixed(self, name: str, x: torch.Tensor) -> torch.Tensor:
         skip = self._skip.get(name, frozenset())
         pres, outs = [], []
-        for branch, width in zip(BRANCHES, branch_widths(name)):
-            if branch in skip:  # nothing reads these channels: zeros keep the numbering
+        for branch in branch_ranges(name):
+            if branch.name in skip:  # nothing reads these channels: zeros keep the numbering
                 fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-                pre = out = torch.empty((x.shape[0], width, *x.shape[2:]), dtype=x.dtype, device=x.device,
-                                        memory_format=fmt).zero_()
+                pre = out = torch.empty((x.shape[0], branch.stop - branch.start, *x.shape[2:]), dtype=x.dtype,
+                                        device=x.device, memory_format=fmt).zero_()
             else:
-                pre, out = self._branch(name, branch, x)
+                pre, out = self._branch(name, branch.name, x)
             pres.append(pre)
             outs.append(out)
         if getattr(self, f"{name}_pre_relu")._forward_hooks:  # only built when someone asks for it
@@ -154,10 +154,14 @@ class InceptionV1(nn.Module):
         return self.softmax2(self.softmax2_pre_activation_matmul(x))
 
 
-def branch_widths(name: str) -> tuple[int, int, int, int]:
-    """Channels of the 1x1, 3x3, 5x5 and pool branches of a mixed layer, in concat order."""
+def branch_ranges(name: str) -> tuple[Branch, ...]:
+    """The channel ranges of the 1x1, 3x3, 5x5 and pool branches of a mixed layer, in concat order."""
     _, c1, _, c3, _, c5, cp = MIXED[name]
-    return c1, c3, c5, cp
+    branches, start = [], 0
+    for b, width in zip(BRANCHES, (c1, c3, c5, cp)):
+        branches.append(Branch(b, start, start + width))
+        start += width
+    return tuple(branches)
 
 
 def unread_branches(layers: list[str], channels: Mapping[str, Iterable[int] | None]) -> dict[str, frozenset[str]]:
@@ -175,12 +179,8 @@ def unread_branches(layers: list[str], channels: Mapping[str, Iterable[int] | No
     if deepest not in MIXED or read is None or any(l != deepest and block(l) == block(deepest) for l in layers):
         return {}
     read = set(read)
-    skip, start = set(), 0
-    for branch, width in zip(BRANCHES, branch_widths(deepest)):
-        if not any(start <= c < start + width for c in read):
-            skip.add(branch)
-        start += width
-    return {deepest: frozenset(skip)} if skip else {}
+    skip = frozenset(b.name for b in branch_ranges(deepest) if not any(b.start <= c < b.stop for c in read))
+    return {deepest: skip} if skip else {}
 
 
 def layer_table() -> list[LayerInfo]:
@@ -191,13 +191,10 @@ def layer_table() -> list[LayerInfo]:
         LayerInfo("conv2d2", "conv2d2", 192), LayerInfo("conv2d2_pre_relu", "conv2d2_pre_relu_conv", 192),
     ]
     for name, (cin, c1, c3r, c3, c5r, c5, cp) in MIXED.items():
-        widths = dict(zip(BRANCHES, (c1, c3, c5, cp)))
-        branches, start = [], 0
-        for b in BRANCHES:
-            branches.append(Branch(b, start, start + widths[b]))
-            start += widths[b]
-        table.append(LayerInfo(name, name, start, tuple(branches)))
-        table.append(LayerInfo(f"{name}_pre_relu", f"{name}_pre_relu", start, tuple(branches)))
+        branches = branch_ranges(name)
+        width = branches[-1].stop
+        table.append(LayerInfo(name, name, width, branches))
+        table.append(LayerInfo(f"{name}_pre_relu", f"{name}_pre_relu", width, branches))
         for b, width in {"1x1": c1, "3x3_bottleneck": c3r, "3x3": c3, "5x5_bottleneck": c5r, "5x5": c5, "pool_reduce": cp}.items():
             table.append(LayerInfo(f"{name}_{b}", f"{name}_{b}", width))
             table.append(LayerInfo(f"{name}_{b}_pre_relu", f"{name}_{b}_pre_relu_conv", width))
