@@ -18,12 +18,12 @@ import time
 
 import torch
 
+from _common import add_retain_memory_flag, apply_retain_memory
 from circuitsviz.data import iterate_batches
 from circuitsviz.mining import mine
 from circuitsviz.mining.mine import _calibrate, _fields, _LayerState, _Pairs
 from circuitsviz.mining.stats import histogram_edges
 from circuitsviz.models import load_model
-from circuitsviz.runtime import retain_freed_memory
 
 LAYERS = ["mixed3b", "mixed4a", "mixed4e"]
 
@@ -55,11 +55,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3, help="best of this many passes each")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--no-retain-memory", action="store_true",
-                    help="leave glibc malloc at its defaults instead of applying retain_freed_memory() "
-                         "(what the circuitsviz command does) to this process, for both passes")
+    add_retain_memory_flag(ap)
     args = ap.parse_args()
-    retained = False if args.no_retain_memory else retain_freed_memory()
+    retained = apply_retain_memory(args)
     model = load_model("inceptionv1", pretrained=False, device=args.device)
     data = Generated(args.images)
 

@@ -30,9 +30,9 @@ import time
 import numpy as np
 import torch
 
+from _common import add_retain_memory_flag, apply_retain_memory
 from circuitsviz.models import load_model
 from circuitsviz.optvis import visualize
-from circuitsviz.runtime import retain_freed_memory
 
 UNITS = {"mixed3b": [379, 406, 385, 343, 342, 388, 340, 330], "mixed4e": [55, 56, 60, 61, 62, 63, 64, 65]}
 
@@ -93,11 +93,9 @@ def main() -> None:
     ap.add_argument("--layers", default="mixed3b,mixed4e")
     ap.add_argument("--pairings", default="lucid,lucent")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--no-retain-memory", action="store_true",
-                    help="leave glibc malloc at its defaults instead of applying circuitsviz.retain_freed_memory() "
-                         "(what the circuitsviz command does) to this process, for both libraries")
+    add_retain_memory_flag(ap)
     args = ap.parse_args()
-    retained = False if args.no_retain_memory else retain_freed_memory()
+    retained = apply_retain_memory(args)
 
     from lucent.modelzoo import inceptionv1
 
