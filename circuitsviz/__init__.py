@@ -28,6 +28,7 @@ _EXPORTS = {
     # feature visualization
     "visualize": "circuitsviz.optvis", "channel": "circuitsviz.optvis", "neuron": "circuitsviz.optvis",
     "direction": "circuitsviz.optvis", "diversity": "circuitsviz.optvis", "VisResult": "circuitsviz.optvis",
+    "class_logit": "circuitsviz.optvis", "save_grid": "circuitsviz.optvis",
     # dataset examples
     "mine": "circuitsviz.mining", "merge": "circuitsviz.mining", "MiningResult": "circuitsviz.mining",
     "receptive_field": "circuitsviz.mining",

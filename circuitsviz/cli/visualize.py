@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet, upsample=args.upsample,
     )
     unit_ids = [f"{layer}:{c}" for c in channels]
-    by_name = dict(zip([o.name for o in objectives], unit_ids))
+    by_name = dict(zip([o.unit or o.name for o in objectives], unit_ids))
     path = save_results(args.out, model, layer, [(by_name[r.unit], r) for r in results])
     print(f"wrote {len(results)} images for {len(channels)} channels of {layer} to {path}")
     return 0

@@ -6,12 +6,14 @@
 >>> cv.visualize(model, cv.channel("mixed4a", 476) - cv.channel("mixed4a", 477))  # doctest: +SKIP
 """
 
-from .objectives import Objective, channel, direction, diversity, neuron, objective
+from .grid import save_grid
+from .objectives import Objective, channel, class_logit, direction, diversity, neuron, objective
 from .param import ImageParam, fft_image, pixel_image
 from .render import VisResult, visualize
 from .transforms import StandardTransforms
 
 __all__ = [
-    "visualize", "VisResult", "Objective", "channel", "neuron", "direction", "diversity", "objective",
+    "visualize", "VisResult", "Objective", "channel", "neuron", "direction", "class_logit", "diversity", "objective",
+    "save_grid",
     "ImageParam", "fft_image", "pixel_image", "StandardTransforms",
 ]
