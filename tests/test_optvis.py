@@ -426,6 +426,7 @@ def test_lucent_param_with_a_batch_takes_circuitsviz_diversity_across_it(planted
         torch.manual_seed(0)
         results = _render(planted, "head:0", param=lambda: lparam.image(32, batch=3), diversity=10.0, steps=16)
     assert [r.kind for r in results] == ["diversity"] * 3 and [r.index for r in results] == [0, 1, 2]
+    assert [r.settings["images_per_unit"] for r in results] == [3] * 3
     with pytest.raises(BadInputError, match="size=40"):
         _render(planted, "head:0", param=lambda: lparam.image(32), size=40)
 

@@ -54,14 +54,15 @@ def is_lucent_param(param) -> bool:
     return callable(param) and not isinstance(param, str)
 
 
-def param_size(param_f: Callable[[], tuple], size: int | None) -> int:
-    """The side of the square images ``param_f`` makes (one trial call); ``size``, if given, must agree."""
-    h, w = from_lucent_param(param_f)().shape[-2:]
+def param_shape(param_f: Callable[[], tuple], size: int | None) -> tuple[int, int]:
+    """``(batch, side)`` of the square images ``param_f`` makes (one trial call); ``size``, if
+    given, must agree."""
+    n, _, h, w = from_lucent_param(param_f)().shape
     if h != w:
         raise BadInputError(f"a lucent param_f must make square images to use the standard transforms, got {h}x{w}")
     if size is not None and size != w:
         raise BadInputError(f"size={size} but the lucent param_f makes {w} px images; leave size unset")
-    return int(w)
+    return int(n), int(w)
 
 
 def from_lucent_param(param_f: Callable[[], tuple]) -> ImageParam:

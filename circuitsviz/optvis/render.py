@@ -110,8 +110,8 @@ def visualize(
     forward pass, as lucent does; Lucid feeds the image at its own size, which is the default.
     """
     lucent_param = lucent_compat.is_lucent_param(param)
-    if lucent_param:
-        size = lucent_compat.param_size(param, size)
+    if lucent_param:  # it decides the size and the images per unit
+        images_per_unit, size = lucent_compat.param_shape(param, size)
     size = model.input_size if size is None else size
     _check_positive(size=size, steps=steps, lr=lr)
     if batch_size is not None:
