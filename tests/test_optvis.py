@@ -538,3 +538,18 @@ def test_save_grid_tiles_every_image_unscaled_with_its_id_underneath(randnet, tm
     assert not np.array_equal(captions[3], captions[4])            # 5:3 #0 and 5:3 #1
     with pytest.raises(BadInputError):
         save_grid([], tmp_path / "empty.png")
+
+
+def test_class_logit_by_name_on_the_demo_models_logits_reports_that_logit():
+    from circuitsviz.models import load_model
+    from circuitsviz.optvis import class_logit
+
+    demo = load_model("demo")
+    logits = "softmax2_pre_activation_matmul"
+    [r] = visualize(demo, class_logit(logits, "rings", labels=demo.labels), steps=4, progress=False)
+    assert r.unit == f"{logits}:{demo.labels.index('rings')}" and r.image.shape == (64, 64, 3)
+    with torch.no_grad():
+        direct = demo.net(demo.preprocess(_float(r)[None]))  # the demo net returns its logits
+    assert direct.shape == (1, len(demo.labels))
+    # the score is taken on the float image, the check on its uint8 rounding
+    assert r.objective == pytest.approx(float(direct[0, demo.labels.index("rings")]), rel=0.02, abs=0.02)

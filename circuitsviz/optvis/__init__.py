@@ -4,6 +4,8 @@
 >>> model = cv.load_model("inceptionv1", pretrained=False)                  # doctest: +SKIP
 >>> [r] = cv.visualize(model, "mixed4e:55")                                 # doctest: +SKIP
 >>> cv.visualize(model, cv.channel("mixed4a", 476) - cv.channel("mixed4a", 477))  # doctest: +SKIP
+>>> cv.save_grid(cv.visualize(model, "mixed3a:*", steps=64), "mixed3a.png")   # doctest: +SKIP
+>>> cv.visualize(model, cv.class_logit("softmax2_pre_activation_matmul", 3))  # doctest: +SKIP
 """
 
 from .grid import save_grid

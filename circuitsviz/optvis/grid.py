@@ -1,7 +1,7 @@
 """Contact sheets: many rendered images in one PNG, each captioned with its unit id.
 
->>> results = visualize(model, "mixed4e:50-57", steps=64)               # doctest: +SKIP
->>> save_grid(results, "mixed4e.png")                                    # doctest: +SKIP
+>>> results = visualize(model, [f"mixed4e:{c}" for c in range(50, 58)], steps=64)  # doctest: +SKIP
+>>> save_grid(results, "mixed4e.png")                                            # doctest: +SKIP
 PosixPath('mixed4e.png')
 """
 
