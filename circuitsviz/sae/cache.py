@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int
 
 FORMAT_VERSION = 1
 SAMPLER_KINDS = ("all", "uniform", "per_image", "channel")
@@ -178,6 +178,7 @@ class SampleSource:
         rows (the shuffle buffer), and permutes the rows inside each group. A group's batch count
         depends only on row counts, so resuming skips whole groups without reading them.
         """
+        check_int("batch_size", batch_size, 1)  # a count < 1 would loop forever below
         if self.n_train < batch_size:
             raise BadInputError(f"only {self.n_train} training samples, fewer than one batch of {batch_size}")
         step, epoch = 0, 0
