@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import os
 import re
 from collections.abc import Iterable
 
@@ -110,3 +111,29 @@ def _range(lo, hi, lo_open: bool = False) -> str:
 
 class DamagedRunError(CircuitsvizError, RuntimeError):
     """A run directory whose index is missing, empty, truncated or not a circuitsviz index."""
+
+
+def check_path(name: str, value, *, optional: bool = False):
+    """A file-system path (str or ``os.PathLike``), not empty, without NUL bytes.
+
+    >>> check_path("out", "runs/demo")
+    'runs/demo'
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, (str, os.PathLike)) and str(value) and "\x00" not in str(value):
+        return value
+    raise BadInputError(f"{name} must be a path, got {value!r:.80}")
+
+
+def check_list(name: str, value, item: type, *, optional: bool = False) -> list | None:
+    """A list or tuple whose items are all ``item`` (ints exclude bools).
+
+    >>> check_list("channels", [1, 2], int)
+    [1, 2]
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, (list, tuple)) and all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+        return list(value)
+    raise BadInputError(f"{name} must be a list of {item.__name__}, got {value!r:.80}")

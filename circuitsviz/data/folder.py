@@ -67,6 +67,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | Path, size: int = 224) -> None:
+        if not isinstance(root, (str, Path)) or not str(root) or "\x00" in str(root):
+            raise BadInputError(f"data folder must be a folder path, got {root!r}")
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             raise BadInputError(f"data folder {str(root)!r} does not exist or is not a folder")

@@ -260,7 +260,7 @@ def mine(
     >>> result = mine(model, "~/imagenet/val", ["mixed3b", "mixed4e"], k=32)     # doctest: +SKIP
     >>> result.layers["mixed4e"].top_index[55]                                    # doctest: +SKIP
     """
-    _check_mine_args(model, layers, checkpoint, k=k, batch_size=batch_size, num_workers=num_workers,
+    _check_mine_args(model, layers, checkpoint, shard, k=k, batch_size=batch_size, num_workers=num_workers,
                      checkpoint_every=checkpoint_every, hist_bins=hist_bins, hist_range=hist_range,
                      calibration=calibration, per_bin=per_bin)
     layers = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
@@ -343,12 +343,14 @@ def mine(
     return result
 
 
-def _check_mine_args(model, layers, checkpoint, *, k, batch_size, num_workers, checkpoint_every, hist_bins,
+def _check_mine_args(model, layers, checkpoint, shard, *, k, batch_size, num_workers, checkpoint_every, hist_bins,
                      hist_range, calibration, per_bin) -> None:
     if not callable(getattr(model, "activations", None)):
         raise BadInputError(f"model must be a VisionModel (load_model or wrap_model), got {type(model).__name__}")
     if not (isinstance(layers, str) or (isinstance(layers, (list, tuple)) and all(isinstance(n, str) for n in layers))):
         raise BadInputError(f"layers must be a layer name or a list of names, got {layers!r}")
+    if shard is not None and not (isinstance(shard, (tuple, list)) and len(shard) == 2):
+        raise BadInputError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
     if checkpoint is not None and (not isinstance(checkpoint, (str, Path)) or Path(checkpoint).is_dir()):
         raise BadInputError(f"checkpoint must be a file path, got {checkpoint!r}")
     check_int("k", k, 1, 1 << 20)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import BadInputError, UnknownNameError, WeightsError, check_int
+from ..errors import BadInputError, UnknownNameError, WeightsError, check_float, check_int
 from . import inceptionv1 as _inc
 from .weights import WeightsSpec, check_state_dict, load_state_dict, resolve, sha256_of
 from .wrapper import LayerInfo, LayerShape, VisionModel
@@ -196,6 +196,14 @@ def wrap_model(net: nn.Module, *, name: str = "custom", input_size: int = 224,
     if not isinstance(net, nn.Module):
         raise BadInputError(f"wrap_model needs a torch.nn.Module, got {type(net).__name__}")
     check_int("input_size", input_size, 1, 4096)
+    for what, values in (("mean", mean), ("std", std)):
+        if values is not None and not (isinstance(values, (list, tuple)) and len(values) == 3
+                                       and all(check_float(what, v) is not None for v in values)):
+            raise BadInputError(f"{what} must be 3 numbers (one per RGB channel), got {values!r}")
+    if std is not None and not all(v > 0 for v in std):
+        raise BadInputError(f"std must be > 0 for every channel, got {std!r}")
+    if not isinstance(layers, (list, tuple)) or not all(isinstance(li, LayerInfo) for li in layers):
+        raise BadInputError(f"layers must be a list of LayerInfo, got {layers!r:.80}")
     mean = mean or [0.0, 0.0, 0.0]
     std = std or [1.0, 1.0, 1.0]
     model = VisionModel(net, name=name, layers=layers, input_size=input_size,

@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def fit_sae(
     _check_fit_args(model, data, layer, expansion=expansion, k=k, kind=kind, l1_coef=l1_coef, n_latents=n_latents,
                     steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, decay=decay, grad_clip=grad_clip,
                     dead_after=dead_after, aux_k=aux_k, seed=seed, n_images=n_images, heldout=heldout,
-                    name=name, checkpoint_every=checkpoint_every, sampler=sampler, out=out)
+                    name=name, checkpoint_every=checkpoint_every, sampler=sampler, out=out, device=device)
     source = resolve_samples(model, data, layer, sampler=sampler, seed=seed, n_images=n_images,
                              cache_root=cache_root, dtype=dtype, heldout=heldout, progress=progress)
     c = source.d_in
@@ -146,6 +147,8 @@ def fit_sae(
             f"only {source.n_train} training samples for {f} features; an SAE needs more samples than "
             "features (use more images, a denser sampler, or a smaller expansion)"
         )
+    if out is not None:
+        _check_writable(Path(out))
     batch_size = min(batch_size, max(1, source.n_train // 4))
     steps = int(steps if steps is not None else min(max(10 * source.n_train // batch_size, 500), 20000))
     lr = lr if lr is not None else default_lr(f)
@@ -226,7 +229,7 @@ def fit_sae(
 
 def _check_fit_args(model, data, layer, *, expansion, k, kind, l1_coef, n_latents, steps, batch_size, lr, warmup,
                     decay, grad_clip, dead_after, aux_k, seed, n_images, heldout, name, checkpoint_every,
-                    sampler, out) -> None:
+                    sampler, out, device) -> None:
     """Every argument of :func:`fit_sae` in its valid range, before any work starts."""
     if kind not in ("topk", "relu"):
         raise BadInputError(f"unknown SAE kind {kind!r}; valid: topk, relu")
@@ -252,9 +255,12 @@ def _check_fit_args(model, data, layer, *, expansion, k, kind, l1_coef, n_latent
         check_name("SAE name", name)
     if not isinstance(sampler, Sampler):
         raise BadInputError(f"sampler must be a circuitsviz.sae.Sampler, got {type(sampler).__name__}")
+    from ..models.zoo import check_device
+
+    check_device(device)
     if out is not None:
-        if not isinstance(out, (str, Path)):
-            raise BadInputError(f"out must be a folder path, got {type(out).__name__}")
+        if not isinstance(out, (str, Path)) or not str(out) or "\x00" in str(out):
+            raise BadInputError(f"out must be a folder path, got {out!r}")
         if Path(out).exists() and not Path(out).is_dir():
             raise BadInputError(f"out {str(out)!r} exists and is not a folder; give a folder for the SAE's files")
     if model is not None and not isinstance(data, (torch.Tensor, SampleSource)):
@@ -263,6 +269,16 @@ def _check_fit_args(model, data, layer, *, expansion, k, kind, l1_coef, n_latent
         if len(shape) != 3:
             raise BadInputError(f"layer {layer!r} has shape {shape}, not a C x H x W feature map; "
                                 "SAEs here are fit on the positions of a spatial (convolutional) layer")
+
+
+def _check_writable(out: Path) -> None:
+    """Make ``out`` and write a probe file there, so an unwritable folder fails before any work."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise BadInputError(f"cannot write the SAE's files into {str(out)!r}: {e.strerror or e}") from None
 
 
 def make_optimizer(sae: SparseAutoencoder, lr: float) -> torch.optim.Adam:

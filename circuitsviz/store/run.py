@@ -55,9 +55,10 @@ def open_run(path: str | Path, create: bool = False, *, writable: bool | None = 
     return Run(path, create=create, writable=writable)
 
 
-# Files and folders a run writes besides its index: if any is there, a missing or empty index
+# Files only a run that already had an index can hold (the store writes images/ and cache/, the
+# study writes report.json last): if any is there, a missing or empty index
 # means damage, not a new run.
-RUN_CONTENTS = ("images", "cache", "work", "saes", "report.json")
+RUN_CONTENTS = ("images", "cache", "report.json")
 _REPAIR = ("to repair, restore it from a backup, or save what is readable with "
            "`sqlite3 {index} .recover | sqlite3 {index}.recovered` and move that into its place; "
            "or re-run the job that made the run into a new folder")
