@@ -480,3 +480,50 @@ def test_list_layers_refuses_an_input_size_the_model_cannot_take(size):
 
     with pytest.raises(CircuitsvizError, match=f"input_size.*{size}"):
         list_layers(load_model("demo", pretrained=False), input_size=size)
+
+
+def test_a_corrupt_mining_checkpoint_or_a_file_that_is_not_a_result_is_a_clean_error(tmp_path):
+    from circuitsviz.mining import MiningResult, mine
+
+    bad = tmp_path / "ckpt.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(BadInputError, match="not a readable mining result"):
+        mine(load_model("demo", pretrained=False), tiny_concepts(), "mixed3a", k=1, batch_size=2,
+             calibration=1, checkpoint=bad, progress=False)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(BadInputError, match="not a readable mining result"):
+        MiningResult.load(tmp_path / "notes.txt")
+
+
+def tiny_concepts():
+    from circuitsviz.data import ConceptDataset
+
+    return ConceptDataset(n=2, size=64)
+
+
+def test_an_out_path_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "taken"
+    f.write_text("keep")
+    with pytest.raises(BadInputError, match="is a file, not a run folder"):
+        open_run(f, create=True)
+    with pytest.raises(BadInputError, match="not a folder"):
+        fit_sae(None, torch.rand(200, 4), "toy", expansion=1, k=1, steps=2, batch_size=20, out=f, progress=False)
+    assert f.read_text() == "keep"
+
+
+def test_a_channel_range_is_checked_before_it_is_built():
+    from circuitsviz.units import parse_channels
+
+    with pytest.raises(BadInputError, match="channel 100000000 .* out of range \\(valid: 0..831\\)"):
+        parse_channels("0-100000000", total=832)
+    assert parse_channels("3-5", total=8) == [3, 4, 5]
+
+
+@pytest.mark.parametrize("top", [0, -1])
+def test_split_refuses_a_top_that_would_record_an_empty_or_clipped_split(top):
+    from circuitsviz.sae import split_channel
+
+    x = torch.rand(300, 4)
+    sae = fit_sae(None, x, "toy", expansion=1, k=1, steps=2, batch_size=20, progress=False)
+    with pytest.raises(BadInputError, match=f"top must be an integer >= 1, got {top}"):
+        split_channel(sae, 0, data=x, top=top)

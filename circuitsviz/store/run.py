@@ -82,6 +82,8 @@ def _sqlite_damage(index: Path) -> str | None:
 
 def _check_index(root: Path, index: Path, create: bool) -> None:
     """Refuse an index that is missing or empty where a run's files exist, or damaged."""
+    if root.exists() and not root.is_dir():
+        raise BadInputError(f"{str(root)!r} is a file, not a run folder; give a folder for the run")
     leftovers = [n for n in RUN_CONTENTS if (root / n).exists()]
     empty = index.exists() and index.is_file() and index.stat().st_size == 0
     if (not index.exists() or empty) and leftovers:
