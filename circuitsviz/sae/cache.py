@@ -250,7 +250,10 @@ def build_cache(model, dataset, layer: str, sampler: Sampler = Sampler(), *, roo
         raise BadInputError("the dataset is empty; nothing to sample activations from")
     config = cache_config(model, dataset, layer, sampler, seed=seed, dtype=dtype, images_per_shard=images_per_shard)
     directory = Path(root).expanduser() / config_hash(config)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInputError(f"cannot create the activation cache folder {str(directory)!r}: {e.strerror or e}") from None
     meta_path = directory / "metadata.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"config": config, "shards": [], "skipped": []}
     n_shards = -(-len(dataset) // images_per_shard)

@@ -157,7 +157,10 @@ class Run:
         index = self.path / INDEX_NAME
         _check_index(self.path, index, create)
         if create:
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise BadInputError(f"cannot create the run folder {str(path)!r}: {e.strerror or e}") from None
         self.blobs = BlobStore(self.path / "images")
         self.cache_dir = self.path / "cache"
         self._lock = threading.RLock()
