@@ -2,11 +2,13 @@
 
 One id is used everywhere: the store, the CLI, the Python API and the viewer's URL.
 
-=====================  ===========================================
-``mixed4e:55``         channel 55 of mixed4e (spatial mean / max)
-``mixed4e:55@7,3``     the neuron of channel 55 at row 7, column 3
-``mixed4e/sae:17``     feature 17 of the SAE named ``sae`` on mixed4e
-=====================  ===========================================
+=========================  ================================================
+``mixed4e:55``             channel 55 of mixed4e (spatial mean / max)
+``mixed4e:55@7,3``         the neuron of channel 55 at row 7, column 3
+``mixed4e/topk8x_k32:17``  feature 17 of the SAE ``topk8x_k32`` on mixed4e
+=========================  ================================================
+
+SAE names default to :func:`sae_name` (``topk8x_k32``: 8 features per channel, k = 32).
 """
 
 from __future__ import annotations
@@ -63,6 +65,15 @@ class Unit:
             )
         pos = (int(m["y"]), int(m["x"])) if m["y"] is not None else None
         return cls(m["layer"], int(m["index"]), sae=m["sae"], pos=pos)
+
+
+def sae_name(kind: str = "topk", expansion: int = 8, k: int | None = 32) -> str:
+    """The one default name of an SAE, used by ``fit_sae``, ``study`` and the CLI alike.
+
+    >>> sae_name("topk", 8, 32), sae_name("relu", 4)
+    ('topk8x_k32', 'relu4x')
+    """
+    return f"topk{expansion}x_k{k}" if kind == "topk" else f"{kind}{expansion}x"
 
 
 def parse_channels(spec: str | int | list[int] | range, total: int | None = None) -> list[int]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BadInputError, CircuitsvizError
+from ..units import sae_name
 from .cache import SampleSource, Sampler, build_cache, check_finite, open_cache
 from .io import save_sae
 from .metrics import evaluate
@@ -142,7 +143,7 @@ def fit_sae(
     dead_after = int(dead_after or min(10_000_000, max(steps * batch_size // 20, batch_size)))
     if device is None:
         device = model.device if model is not None else (data.device if isinstance(data, torch.Tensor) else "cpu")
-    name = name or (f"topk{k}x{f // c}" if kind == "topk" else f"relux{f // c}")
+    name = name or sae_name(kind, f // c, k)
 
     common = dict(layer=layer, model=getattr(model, "name", None), name=name)
     sae = (TopKSAE(c, f, k, aux_k=aux_k, **common) if kind == "topk" else ReluSAE(c, f, l1_coef, **common))
