@@ -23,7 +23,8 @@ _EXPORTS = {
     # models
     "load_model": "circuitsviz.models", "wrap_model": "circuitsviz.models", "list_layers": "circuitsviz.models",
     "VisionModel": "circuitsviz.models", "LayerInfo": "circuitsviz.models",
-    "Unit": "circuitsviz.units", "parse_channels": "circuitsviz.units",
+    "Unit": "circuitsviz.units", "parse_channels": "circuitsviz.units", "sae_name": "circuitsviz.units",
+    "feature_objective": "circuitsviz.units",
     "CircuitsvizError": "circuitsviz.errors",
     # feature visualization
     "visualize": "circuitsviz.optvis", "channel": "circuitsviz.optvis", "neuron": "circuitsviz.optvis",
@@ -35,7 +36,7 @@ _EXPORTS = {
     "fit_sae": "circuitsviz.sae", "load_sae": "circuitsviz.sae", "split_channel": "circuitsviz.sae",
     "TopKSAE": "circuitsviz.sae", "ReluSAE": "circuitsviz.sae", "SplitResult": "circuitsviz.sae",
     # store
-    "open_run": "circuitsviz.store", "Run": "circuitsviz.store",
+    "open_run": "circuitsviz.store", "Run": "circuitsviz.store", "SettingsChangedError": "circuitsviz.store",
     # data and the study pipeline
     "ConceptDataset": "circuitsviz.data", "ImageFolderDataset": "circuitsviz.data",
     "study": "circuitsviz.study", "StudySettings": "circuitsviz.study", "StudyReport": "circuitsviz.study",

@@ -389,16 +389,16 @@ def split(ctx: StudyContext) -> None:
     """Split the named channels, or the most polysemantic, into the SAE's features."""
     from .sae import split_channel
 
+    if ctx.checking:
+        return  # a split is a view of the SAE and the data (both checked): other settings recompute it
     s = ctx.settings
-    if ctx.checking:  # which channels is known only after mining: check every split of this SAE
-        for rec in ctx.run.steps("split"):
-            if rec.key.startswith(ctx.sae_slot + ":"):
-                ctx.state("split", rec.key, {"top": s.split_top}, f"split {rec.key}")
-        return
     ctx.split_channels = ctx.channels or _most_polysemantic(ctx.run, ctx.sae_layer, s.n_split)
     for c in ctx.split_channels:
-        key = f"{ctx.sae_slot}:{c}"
-        if ctx.todo("split", key, {"top": s.split_top}, f"split of {ctx.sae_layer}:{c}"):
+        rec = ctx.run.step("split", f"{ctx.sae_slot}:{c}")
+        if rec is not None and rec.complete and rec.settings == {"top": s.split_top}:
+            _log(f"split of {ctx.sae_layer}:{c}: done already")
+        else:
+            ctx.computed = True
             result = split_channel(ctx.sae, c, data=ctx.dataset, model=ctx.model, top=s.split_top)
             ctx.run.add_split(result, settings={"top": s.split_top})
             _log(result.table())

@@ -66,8 +66,9 @@ class Publishing:
         (unless ``overwrite``): the one-line error names what changed."""
         if model is not None:
             self._model_diff(model.name, model_fingerprint(model), model.input_size, overwrite)
-        if data is not None:
-            self._data_diff(data.spec() if hasattr(data, "spec") else data, overwrite)
+        spec = data.spec() if hasattr(data, "spec") else data
+        if isinstance(spec, dict):
+            self._data_diff(spec, overwrite)
 
     def add_model(self, model, *, overwrite: bool = False) -> None:
         """Record the model (name, weights hash, input size). A run holds one model's results:
@@ -109,8 +110,11 @@ class Publishing:
     def add_data(self, data, classes: list[str] | None = None, *, overwrite: bool = False) -> None:
         """Record the dataset (or its ``spec()``) that examples' image ids point into. A run holds
         one data source: another is refused unless ``overwrite``, which first removes everything
-        computed from the old data (examples, statistics, SAEs, splits)."""
+        computed from the old data (examples, statistics, SAEs, splits). A dataset without a
+        ``spec()`` cannot be reopened or compared, and is not recorded."""
         spec = data.spec() if hasattr(data, "spec") else data
+        if not isinstance(spec, dict):
+            return
         if classes is None:
             classes = getattr(data, "classes", None)
         if self._data_diff(spec, overwrite):
@@ -252,11 +256,9 @@ class Publishing:
             transform = None if isinstance(sae, str) else sae
         written = 0
         for name, r in result.layers.items():
-            if sae_name is not None:
+            if sae_name is not None:  # features of an SAE the run holds are keyed by its settings too
                 rec = self.step("sae", f"{name}/{sae_name}")
-                if rec is None:
-                    raise BadInputError(f"SAE {name}/{sae_name} is not in this run; add it first (run.add_sae(sae))")
-                sae_settings = rec.settings
+                sae_settings = rec.settings if rec is not None else None
             slot = name + (f"/{sae_name}" if sae_name else "")
             key = mining_key(config, sae_settings)
             if self._replacing("mine", slot, key, overwrite, f"the dataset examples of {slot}"):
