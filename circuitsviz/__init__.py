@@ -16,6 +16,7 @@ Names are imported lazily, so ``import circuitsviz`` stays cheap and nothing tou
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ _EXPORTS = {
     # models
     "load_model": "circuitsviz.models", "wrap_model": "circuitsviz.models", "list_layers": "circuitsviz.models",
     "VisionModel": "circuitsviz.models", "LayerInfo": "circuitsviz.models",
+    "IMAGENET_MEAN": "circuitsviz.models", "IMAGENET_STD": "circuitsviz.models",
     "Unit": "circuitsviz.units", "parse_channels": "circuitsviz.units", "sae_name": "circuitsviz.units",
     "feature_objective": "circuitsviz.units",
     "CircuitsvizError": "circuitsviz.errors",
@@ -45,6 +47,18 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load lazily, below
+    from .data import ConceptDataset, ImageFolderDataset
+    from .errors import CircuitsvizError
+    from .mining import MiningResult, merge, mine, receptive_field
+    from .models import IMAGENET_MEAN, IMAGENET_STD, LayerInfo, VisionModel, list_layers, load_model, wrap_model
+    from .optvis import VisResult, channel, direction, diversity, neuron, visualize
+    from .runtime import retain_freed_memory
+    from .sae import ReluSAE, SplitResult, TopKSAE, fit_sae, load_sae, split_channel
+    from .store import Run, SettingsChangedError, open_run
+    from .study import StudyReport, StudySettings, study
+    from .units import Unit, feature_objective, parse_channels, sae_name
 
 
 def __getattr__(name: str):

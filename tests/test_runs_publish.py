@@ -114,3 +114,11 @@ def test_two_concurrent_fit_sae_into_one_run_neither_crash_nor_corrupt(tmp_path,
     assert rc == 0
     assert run.visualizations("mixed3b/topk2x_k2:3") and run.visualizations("mixed3b:2")
     assert (tmp_path / "png" / "mixed3b~topk2x_k2_3.png").is_file()
+
+
+def test_fit_sae_warns_when_k_is_a_large_share_of_the_features(recwarn):
+    x = torch.randn(600, 4)
+    cv.fit_sae(None, x, "toy", expansion=2, k=1, steps=2, progress=False)
+    assert not [w for w in recwarn if "dense SAE" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"k=4 active of 8 features.*try k <= 1"):
+        cv.fit_sae(None, x, "toy", expansion=2, k=4, steps=2, progress=False)

@@ -9,17 +9,15 @@ overwrites. The run-wide inputs (model weights, data source) are checked the sam
 
 >>> settings_diff({"steps": 8, "size": 64}, {"steps": 64, "size": 64})
 ['steps=8 (now 64)']
->>> config_hash({"b": 1, "a": [1, 2]}) == config_hash({"a": [1, 2], "b": 1})
-True
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..hashing import config_hash
 
 OVERWRITE_HINT = "pass --overwrite (overwrite=True in Python) to recompute it, or write to another run"
 
@@ -57,11 +55,6 @@ def to_json(value) -> str:
 def canonical(settings: dict) -> dict:
     """``settings`` as they read back from JSON (tuples become lists, ...), so they compare equal."""
     return json.loads(to_json(settings))
-
-
-def config_hash(config, length: int = 16) -> str:
-    """A short, stable hash of a JSON-able configuration (key order does not matter)."""
-    return hashlib.sha256(to_json(config).encode()).hexdigest()[:length]
 
 
 def settings_diff(old: dict | None, new: dict) -> list[str]:
@@ -105,7 +98,7 @@ def mining_key(config: dict, sae_settings: dict | None = None) -> dict:
     """The settings of one layer's mining, from ``MiningResult.config`` (and the SAE's, for features)."""
     key = {k: config.get(k) for k in MINING_KEYS}
     if sae_settings is not None:
-        key["sae"] = config_hash(sae_settings)
+        key["sae"] = config_hash(canonical(sae_settings))
     return canonical(key)
 
 
