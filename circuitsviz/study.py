@@ -316,28 +316,18 @@ def visualize_channels(ctx: StudyContext) -> None:
         _visualize(ctx, vis_slot(Unit(layer, 0), "positive"), f"visualizations of {layer}", ids)
 
 
-def _visualize(ctx: StudyContext, slot: str, what: str, ids: list[str], objectives: list | None = None) -> None:
-    from .optvis import visualize
-
-    key = ctx.vis_settings()
-    state = ctx.state("vis", slot, key, what)
-    if ctx.checking:
-        return
-    have = set() if state == "changed" else {u for u in ids if ctx.run.visualizations(u, kind="positive")}
-    todo = [i for i, u in enumerate(ids) if u not in have]
-    if not todo:
-        _log(f"{what}: done already")
-        return
-    ctx.computed = True
+def _visualize(ctx: StudyContext, slot: str, what: str, ids: list[str]) -> None:
     s = ctx.settings
-    _log(f"{what}: {len(todo)} units ({s.vis_steps} steps, {s.vis_size} px)")
-    chunk = 64  # publish as it goes, so a killed study keeps what it finished
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
-        results = visualize(ctx.model, [objectives[i] if objectives else ids[i] for i in part], size=s.vis_size,
-                            steps=s.vis_steps, seed=s.seed, progress=ctx.progress)
-        ctx.run.add_visualizations(results, model=ctx.model, units=[ids[i] for i in part],
-                                   overwrite=ctx.overwrite and start == 0)
+    ctx.state("vis", slot, ctx.vis_settings(), what)  # other settings: refused now, before any work
+    if ctx.checking or not ids:
+        return
+    n = ctx.run.visualize(ctx.model, ids, size=s.vis_size, steps=s.vis_steps, seed=s.seed, progress=ctx.progress,
+                          overwrite=ctx.overwrite)
+    if n:
+        ctx.computed = True
+        _log(f"{what}: rendered {n} images ({s.vis_steps} steps, {s.vis_size} px)")
+    else:
+        _log(f"{what}: done already")
 
 
 def mine_channels(ctx: StudyContext) -> None:
@@ -426,16 +416,11 @@ def mine_features(ctx: StudyContext) -> None:
 
 def visualize_features(ctx: StudyContext) -> None:
     """Feature visualizations of the top features of each split, along their decoder directions."""
-    from .optvis import direction
     from .store.publish import vis_slot
 
     wanted = list(dict.fromkeys(u for ranked in ctx.split_features for u in ranked[: ctx.settings.feature_vis]))
-    if not ctx.checking and not wanted:
-        return
-    objectives = [] if ctx.checking else [
-        direction(ctx.sae_layer, ctx.sae.decoder_direction(Unit.parse(u).index)) for u in wanted]
     _visualize(ctx, vis_slot(Unit(ctx.sae_layer, 0, sae=ctx.sae_name), "positive"),
-               f"visualizations of {ctx.sae_slot}", wanted, objectives)
+               f"visualizations of {ctx.sae_slot}", wanted)
 
 
 # The pipeline, in order. A step is a function of the context; add one to extend the study.

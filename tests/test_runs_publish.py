@@ -122,3 +122,26 @@ def test_fit_sae_warns_when_k_is_a_large_share_of_the_features(recwarn):
     assert not [w for w in recwarn if "dense SAE" in str(w.message)]
     with pytest.warns(UserWarning, match=r"k=4 active of 8 features.*try k <= 1"):
         cv.fit_sae(None, x, "toy", expansion=2, k=4, steps=2, progress=False)
+
+
+def test_an_interrupted_run_visualize_keeps_finished_chunks_and_resumes(demo, tmp_path, monkeypatch):
+    import circuitsviz.optvis as optvis
+
+    run = cv.open_run(tmp_path / "run", create=True)
+    real, calls = optvis.visualize, []
+
+    def dies_on_the_second_chunk(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optvis, "visualize", dies_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        run.visualize(demo, "mixed3b:*", chunk=3, size=32, steps=2, progress=False)
+    assert [u.id for u in run.units() if run.visualizations(u.id)] == ["mixed3b:0", "mixed3b:1", "mixed3b:2"]
+    monkeypatch.setattr(optvis, "visualize", real)
+    assert run.visualize(demo, "mixed3b:*", chunk=3, size=32, steps=2, progress=False) == 5  # only the rest
+    assert run.visualize(demo, "mixed3b:*", chunk=3, size=32, steps=2, progress=False) == 0
+    with pytest.raises(SettingsChangedError, match=r"steps=2 \(now 3\)"):
+        run.visualize(demo, "mixed3b:0", size=32, steps=3, progress=False)

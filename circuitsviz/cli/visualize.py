@@ -20,8 +20,9 @@ examples:
 Images go into the run's store (one PNG per image plus its objective and settings); open them
 with `circuitsviz serve RUN`. SAE features (layer/sae:i) are rendered along their decoder
 direction; the run's index says where the SAE is. The same --seed and settings give the same
-images on one device; other settings for units the run already holds stop before any work
-unless --overwrite.
+images on one device. Finished batches are kept: interrupted, the same command renders only
+what is missing; other settings for units the run already holds stop before any work unless
+--overwrite.
 """
 
 
@@ -52,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=None, help="images per channel with --diversity (default: 4)")
     p.add_argument("--upsample", action="store_true",
                    help="upsample small images to the model's input size, as lucent does")
-    p.add_argument("--png", metavar="DIR", help="also write each image as DIR/<unit>.png (and a contact sheet)")
+    p.add_argument("--png", metavar="DIR", help="also copy each image to DIR/<unit>.png (mixed3b~topk8x_k1_17.png)")
     add_run_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -80,45 +81,32 @@ def _centre(model, layer: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..optvis import visualize
     from ..store import open_run
-    from ..store.publish import vis_slot
-    from ..store.steps import planned_vis_key
-    from ..units import feature_objective
 
     model = model_from_args(args)
     units = _units(args, model)
-    size = args.size or model.input_size
-    kw = dict(size=size, steps=args.steps, seed=args.seed, param=args.param, lr=args.lr,
-              transforms=None if args.no_transforms else "standard", diversity=args.diversity,
-              images_per_unit=args.images, upsample=args.upsample)
     run = open_run(args.out, create=True)
-    # Everything is checked before any rendering: the model, each unit's settings, each SAE.
-    run.check_inputs(model, overwrite=args.overwrite)
-    key = planned_vis_key(**kw)
-    for u in units:
-        kind = ("diversity" if args.diversity > 0 else "negative" if args.negative
-                else "neuron" if u.pos is not None else "positive")
-        run.check_step("vis", vis_slot(u, kind), key, overwrite=args.overwrite, what=f"the {u.id} visualizations")
-    objectives = [feature_objective(u, run=run, model=model) if u.sae else u for u in units]
-    results = visualize(model, objectives, batch_size=args.batch_size, negative=args.negative,
-                        progress=not args.quiet, **kw)
-    ids = [r.unit for r in results]  # unit ids: feature objectives are named by theirs
-    run.add_visualizations(results, model=model, overwrite=args.overwrite)
-    run.set_settings("visualize", dict(kw, negative=args.negative))
-    print(f"wrote {len(results)} images of {len(units)} units to {args.out}")
+    n = run.visualize(model, [u.id for u in units], size=args.size or model.input_size, steps=args.steps,
+                      batch_size=args.batch_size, seed=args.seed, param=args.param, lr=args.lr,
+                      transforms=None if args.no_transforms else "standard", negative=args.negative,
+                      diversity=args.diversity, images_per_unit=args.images, upsample=args.upsample,
+                      progress=not args.quiet, overwrite=args.overwrite)
+    print(f"wrote {n} images of {len(units)} units to {args.out}"
+          + ("" if n else " (all were in the run already with these settings)"))
     if args.png:
-        _write_pngs(results, ids, Path(args.png))
+        _copy_pngs(run, units, Path(args.png))
     return 0
 
 
-def _write_pngs(results, ids: list[str], folder: Path) -> None:
-    import circuitsviz as cv
+def _copy_pngs(run, units: list[Unit], folder: Path) -> None:
+    import shutil
 
     folder.mkdir(parents=True, exist_ok=True)
-    for r, uid in zip(results, ids):
-        r.pil().save(folder / f"{uid.replace('/', '~').replace(':', '_')}{f'-{r.index}' if r.index else ''}.png")
-    save_grid = getattr(cv, "save_grid", None)  # the contact sheet, where this circuitsviz has it
-    if save_grid is not None:
-        save_grid(results, folder / "grid.png")
-    print(f"wrote {len(results)} PNGs to {folder}/")
+    n = 0
+    for u in units:
+        for v in run.visualizations(u.id):
+            name = u.id.replace("/", "~").replace(":", "_").replace("@", "_at_").replace(",", "_")
+            shutil.copyfile(v.path, folder / f"{name}{'' if v.kind == 'positive' else '-' + v.kind}"
+                                             f"{'-' + str(v.index) if v.index else ''}.png")
+            n += 1
+    print(f"copied {n} PNGs to {folder}/")

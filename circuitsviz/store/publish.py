@@ -216,6 +216,53 @@ class Publishing:
                 self.mark_done("vis", slot, key)
         return len(results)
 
+    def visualize(self, model, units, *, chunk: int = 64, overwrite: bool = False, **kwargs) -> int:
+        """Render ``units`` into this run, publishing every ``chunk`` units as they finish, so an
+        interrupted call loses at most one chunk and the same call again renders only what is
+        missing. ``units``: ids (``mixed3b:1``, ``mixed3b:*``, ``mixed3b/topk8x_k1:17``: an SAE
+        feature the run holds) ; ``kwargs`` as for :func:`~circuitsviz.visualize`. Settings other
+        than those the run holds for these units are refused before any work (unless
+        ``overwrite``). Returns the number of images rendered now.
+
+        >>> run.visualize(model, "mixed3b:*", steps=256)     # doctest: +SKIP
+        8
+        """
+        import inspect
+
+        from ..optvis import visualize
+        from ..units import feature_objective, parse_channels
+        from .steps import planned_vis_key
+
+        ids = []
+        for text in [units] if isinstance(units, str) else list(units):
+            text = str(text).strip()
+            if text.endswith(":*"):
+                ids += [Unit(text[:-2], c) for c in parse_channels("*", model.channels(text[:-2]))]
+            else:
+                ids.append(Unit.parse(text))
+        size = kwargs.get("size") or inspect.signature(visualize).parameters["size"].default or model.input_size
+        plan = {k: kwargs[k] for k in ("steps", "seed", "param", "transforms", "lr", "diversity",
+                                       "images_per_unit", "redirect_steps", "upsample") if k in kwargs}
+        key = planned_vis_key(size=size, **{"steps": 512, **plan})
+        negative, diverse = kwargs.get("negative", False), kwargs.get("diversity", 0.0) > 0
+        kinds = {u: "diversity" if diverse else "negative" if negative else "neuron" if u.pos else "positive"
+                 for u in ids}
+        self.check_inputs(model, overwrite=overwrite)
+        redo = set()
+        for slot in {vis_slot(u, kinds[u]) for u in ids}:
+            rec = self.step("vis", slot)
+            if not self.check_step("vis", slot, key, overwrite=overwrite, what=f"the {slot} visualizations") \
+                    and rec is not None and settings_diff(rec.settings, key):
+                redo.add(slot)  # overwrite: every unit of the slot is rendered again
+        todo = [u for u in ids if vis_slot(u, kinds[u]) in redo or not self.visualizations(u.id, kinds[u])]
+        rendered = 0
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            objectives = [feature_objective(u, run=self, model=model) if u.sae else u.id for u in part]
+            results = visualize(model, objectives, **kwargs)
+            rendered += self.add_visualizations(results, model=model, overwrite=overwrite and start == 0)
+        return rendered
+
     def _drop_visualizations(self, slot: str) -> None:
         prefix, kind = slot.rsplit("|", 1)
         layer, _, sae = prefix.partition("/")
