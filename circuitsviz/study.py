@@ -332,21 +332,22 @@ def _visualize(ctx: StudyContext, slot: str, what: str, ids: list[str]) -> None:
 
 def mine_channels(ctx: StudyContext) -> None:
     """Dataset examples and statistics of every channel: one pass over the data for the layers to do."""
-    from .mining import mine
     from .store.steps import planned_mining_key
 
-    s = ctx.settings
-    key = planned_mining_key(k=s.k)
+    key = planned_mining_key(k=ctx.settings.k)
     todo = [layer for layer in ctx.layers if ctx.todo("mine", layer, key, f"dataset examples of {layer}")]
-    if not todo:
-        return
-    _log(f"mining {len(ctx.dataset)} images for {', '.join(todo)} (top {s.k})")
-    with ctx.run.lock("mine:" + "+".join(todo)):
-        result = mine(ctx.model, ctx.dataset, todo, k=s.k, batch_size=s.batch_size, num_workers=s.num_workers,
-                      checkpoint=ctx.run.mining_checkpoint(todo, key), progress=ctx.progress)
+    if todo:
+        _log(f"mining {len(ctx.dataset)} images for {', '.join(todo)} (top {ctx.settings.k})")
+        _mine(ctx, todo)
+
+
+def _mine(ctx: StudyContext, layers: list[str]) -> None:
+    s = ctx.settings
+    for result in ctx.run.mine(ctx.model, ctx.dataset, layers, k=s.k, batch_size=s.batch_size,
+                               num_workers=s.num_workers, progress=ctx.progress, actmaps=True,
+                               overwrite=ctx.overwrite):
         if result.skipped:
             _log(f"skipped {len(result.skipped)} unreadable images")
-        ctx.run.add_mining(result, ctx.dataset, model=ctx.model, actmaps=True, overwrite=ctx.overwrite)
 
 
 def fit(ctx: StudyContext) -> None:
@@ -398,20 +399,12 @@ def split(ctx: StudyContext) -> None:
 
 def mine_features(ctx: StudyContext) -> None:
     """Dataset examples and statistics of every SAE feature."""
-    from .mining import mine
     from .store.steps import planned_mining_key
 
-    s = ctx.settings
-    key = planned_mining_key(k=s.k, sae_settings=ctx.sae_settings())
-    if not ctx.todo("mine", ctx.sae_slot, key, f"dataset examples of {ctx.sae_slot}"):
-        return
-    _log(f"mining {ctx.sae.n_latents} features of {ctx.sae_slot}")
-    with ctx.run.lock("mine:" + ctx.sae_slot):
-        result = mine(ctx.model, ctx.dataset, [ctx.sae_layer], k=s.k, batch_size=s.batch_size,
-                      num_workers=s.num_workers, transform=ctx.sae, progress=ctx.progress,
-                      checkpoint=ctx.run.mining_checkpoint([ctx.sae_layer], key, sae=ctx.sae_name))
-        ctx.run.add_feature_examples(result, ctx.dataset, ctx.sae, model=ctx.model, actmaps=True,
-                                     overwrite=ctx.overwrite)
+    key = planned_mining_key(k=ctx.settings.k, sae_settings=ctx.sae_settings())
+    if ctx.todo("mine", ctx.sae_slot, key, f"dataset examples of {ctx.sae_slot}"):
+        _log(f"mining {ctx.sae.n_latents} features of {ctx.sae_slot}")
+        _mine(ctx, [ctx.sae_slot])
 
 
 def visualize_features(ctx: StudyContext) -> None:

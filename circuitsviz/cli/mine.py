@@ -64,12 +64,9 @@ def _hist_range(text: str | None) -> tuple[float, float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import as_dataset
     from ..errors import BadInputError
-    from ..mining import mine, parse_shard
+    from ..mining import parse_shard
     from ..store import open_run
-    from ..store.steps import planned_mining_key
-    from ..units import Unit, resolve_sae
     from .common import model_from_args, split_list
 
     shard = parse_shard(args.shard)
@@ -78,43 +75,24 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError(f"--k, --batch-size and --hist-bins must be >= 1 (got {args.k}, {args.batch_size}, "
                             f"{args.hist_bins})")
     model = model_from_args(args)
-    dataset = as_dataset(args.data, model, n=args.n)
     run = open_run(args.out, create=True)
-    run.check_inputs(model, dataset, overwrite=args.overwrite)
-    jobs: dict[str | None, list[str]] = {}  # SAE name (None: channels) -> layers
-    for name in split_list(args.layers):
-        layer, _, sae = name.partition("/")
-        model.layer(layer)
-        jobs.setdefault(sae or None, []).append(layer)
-    settings = dict(k=args.k, mean_top_k=args.mean_top_k, hist_bins=args.hist_bins, hist_range=hist_range)
-    planned = []
-    for sae_name, layers in jobs.items():
-        sae = resolve_sae(Unit(layers[0], 0, sae=sae_name), run=run, model=model) if sae_name else None
-        if sae_name and len(layers) > 1:
-            raise BadInputError(f"SAE {sae_name} reads one layer; name it once, as {layers[0]}/{sae_name}")
-        sae_settings = run.step("sae", f"{layers[0]}/{sae_name}").settings if sae else None
-        key = planned_mining_key(**settings, sae_settings=sae_settings)
-        todo = [lay for lay in layers if not run.check_step(
-            "mine", lay + (f"/{sae_name}" if sae_name else ""), key, overwrite=args.overwrite,
-            what=f"the dataset examples of {lay}" + (f"/{sae_name}" if sae_name else ""))]
-        for lay in sorted(set(layers) - set(todo)):
-            print(f"{lay}{'/' + sae_name if sae_name else ''}: in the run already with these settings")
-        if todo:
-            planned.append((todo, sae, key))
-    run.add_model(model, overwrite=args.overwrite)
-    run.add_data(dataset, overwrite=args.overwrite)
-    for layers, sae, key in planned:
-        path = run.mining_checkpoint(layers, key, sae=sae.name if sae else None, shard=shard)
-        with run.lock(f"mine:{path.name}"):
-            result = mine(model, dataset, layers, k=args.k, batch_size=args.batch_size, num_workers=args.num_workers,
-                          shard=shard, checkpoint=path, checkpoint_every=args.checkpoint_every,
-                          restart=args.restart, progress=args.progress, mean_top_k=args.mean_top_k,
-                          hist_bins=args.hist_bins, hist_range=hist_range, transform=sae)
-        print(result.report())
+    layers = split_list(args.layers)
+    results = run.mine(model, args.data, layers, n=args.n, k=args.k, batch_size=args.batch_size,
+                       num_workers=args.num_workers, shard=shard, checkpoint_every=args.checkpoint_every,
+                       restart=args.restart, progress=args.progress, mean_top_k=args.mean_top_k,
+                       hist_bins=args.hist_bins, hist_range=hist_range, overwrite=args.overwrite)
+    mined = {name for r in results for name in r.layers}
+    for name in layers:
+        if name.partition("/")[0] not in mined:
+            print(f"{name}: in the run already with these settings")
+    for r in results:
+        print(r.report())
         if shard:
-            print(f"saved shard {shard[0]}/{shard[1]} to {path}; merge all shards with `circuitsviz merge`")
-            continue
-        units = run.add_mining(result, dataset, model=model, sae=sae, overwrite=args.overwrite)
-        print(f"wrote examples and statistics of {units} units to {args.out}")
-    run.set_settings("mining", settings)
+            print(f"saved shard {shard[0]}/{shard[1]} of {', '.join(r.layers)} under {args.out}/mining/; "
+                  "merge all shards with `circuitsviz merge`")
+    if not shard and results:
+        print(f"wrote examples and statistics of {sum(r.layers[n].units for r in results for n in r.layers)} "
+              f"units to {args.out}")
+    run.set_settings("mining", dict(k=args.k, mean_top_k=args.mean_top_k, hist_bins=args.hist_bins,
+                                    hist_range=hist_range))
     return 0

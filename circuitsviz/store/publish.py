@@ -319,6 +319,56 @@ class Publishing:
                 self.mark_done("mine", slot, key)
         return written
 
+    def mine(self, model, data, layers, *, shard: tuple[int, int] | None = None, restart: bool = False,
+             actmaps: bool = False, overwrite: bool = False, **kwargs) -> list:
+        """Mine ``layers`` of ``model`` over ``data`` into this run: layers it holds with these
+        settings are skipped (adding a layer is a normal call), each job checkpoints to its own
+        file under ``mining/`` and resumes from it, and other settings are refused before any work
+        (unless ``overwrite``). ``LAYER/SAE`` mines the features of an SAE the run holds.
+        ``kwargs`` as for :func:`~circuitsviz.mine`. With ``shard`` the shard's result is only
+        saved (``merge`` it). Returns the results of the jobs run now.
+
+        >>> run.mine(model, "procedural", ["mixed3a", "mixed3b", "mixed3b/topk8x_k1"], k=16)   # doctest: +SKIP
+        """
+        from ..data import as_dataset
+        from ..mining import mine
+        from ..units import resolve_sae
+        from .steps import planned_mining_key
+
+        dataset = as_dataset(data, model, **({"n": kwargs.pop("n")} if "n" in kwargs else {}))
+        self.check_inputs(model, dataset, overwrite=overwrite)
+        jobs: dict[str | None, list[str]] = {}  # SAE name (None: channels) -> layers
+        for name in [layers] if isinstance(layers, str) else list(layers):
+            layer, _, sae = name.partition("/")
+            model.layer(layer)
+            jobs.setdefault(sae or None, []).append(layer)
+        planned = []
+        for sae_name, names in jobs.items():
+            if sae_name and len(names) > 1:
+                raise BadInputError(f"SAE {sae_name} reads one layer; name it once, as {names[0]}/{sae_name}")
+            sae = resolve_sae(Unit(names[0], 0, sae=sae_name), run=self, model=model) if sae_name else None
+            sae_settings = self.step("sae", f"{names[0]}/{sae_name}").settings if sae else None
+            key = planned_mining_key(**{k: kwargs[k] for k in ("k", "mean_top_k", "hist_bins", "hist_range",
+                                                              "calibration", "per_bin") if k in kwargs},
+                                     sae_settings=sae_settings)
+            todo = [lay for lay in names if not self.check_step(
+                "mine", lay + (f"/{sae_name}" if sae_name else ""), key, overwrite=overwrite,
+                what=f"the dataset examples of {lay}" + (f"/{sae_name}" if sae_name else ""))]
+            if todo:
+                planned.append((todo, sae, key))
+        self.add_model(model, overwrite=overwrite)
+        self.add_data(dataset, overwrite=overwrite)
+        results = []
+        for todo, sae, key in planned:
+            path = self.mining_checkpoint(todo, key, sae=sae.name if sae else None, shard=shard)
+            with self.lock(f"mine:{path.name}"):  # a second miner of this job waits, then resumes from its file
+                result = mine(model, dataset, todo, shard=shard, checkpoint=path, restart=restart, transform=sae,
+                              **kwargs)
+                if not shard:
+                    self.add_mining(result, dataset, model=model, sae=sae, actmaps=actmaps, overwrite=overwrite)
+            results.append(result)
+        return results
+
     def add_feature_examples(self, result, dataset, sae, *, model=None, actmaps: bool = False,
                              overwrite: bool = False) -> int:
         """:meth:`add_mining` for ``mine(model, data, [sae.layer], transform=sae)``: its units are
