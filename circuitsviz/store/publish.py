@@ -201,7 +201,8 @@ class Publishing:
             if self._replacing("vis", slot, key, overwrite, f"the {slot} visualizations"):
                 self._drop_visualizations(slot)
         if model is not None:
-            channel_layers = sorted({u.layer for u in ids if u.sae is None})
+            known = {r.name for r in self.layers()}  # recorded once: a trace per chunk would be waste
+            channel_layers = sorted({u.layer for u in ids if u.sae is None} - known)
             if channel_layers:
                 self.add_layers(model, channel_layers)
         blobs = [self.blobs.put_image(r.image) for r in results]  # files exist before rows name them
@@ -254,7 +255,15 @@ class Publishing:
             if not self.check_step("vis", slot, key, overwrite=overwrite, what=f"the {slot} visualizations") \
                     and rec is not None and settings_diff(rec.settings, key):
                 redo.add(slot)  # overwrite: every unit of the slot is rendered again
-        todo = [u for u in ids if vis_slot(u, kinds[u]) in redo or not self.visualizations(u.id, kinds[u])]
+        todo = []
+        for u in ids:
+            have = [] if vis_slot(u, kinds[u]) in redo else self.visualizations(u.id, kinds[u])
+            # An image stored without a step record (an older run) is judged by its own settings.
+            diff = next((d for d in (settings_diff(vis_key(v.settings), key) for v in have) if d), None)
+            if diff and not overwrite:
+                raise changed_error(f"the {u.id} visualization", repr(str(self.path)), diff)
+            if diff or not have:
+                todo.append(u)
         rendered = 0
         for start in range(0, len(todo), chunk):
             part = todo[start:start + chunk]
