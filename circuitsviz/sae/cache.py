@@ -26,6 +26,7 @@ import torch
 from ..errors import BadInputError
 from ..hashing import config_hash
 from ..progress import progress_bar
+from ..store.blobs import atomic_write
 
 FORMAT_VERSION = 1
 SAMPLER_KINDS = ("all", "uniform", "per_image", "channel")
@@ -226,9 +227,7 @@ def cache_config(model, dataset, layer: str, sampler: Sampler, *, seed: int, dty
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, default=str).encode())
 
 
 def build_cache(model, dataset, layer: str, sampler: Sampler = Sampler(), *, root: str | Path,
