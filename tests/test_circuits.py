@@ -1,0 +1,173 @@
+"""Circuits against known answers: a planted two-layer network, an independent Jacobian
+reference on InceptionV1, and interventions whose effect is known in advance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from circuitsviz.circuits import ablate, attribute, circuit, expanded_weights, faithfulness, splice_sae
+from circuitsviz.circuits.hooks import ablate_channels
+from circuitsviz.errors import BadInputError
+from circuitsviz.models import wrap_model
+from circuitsviz.models.blocks import Concat
+from circuitsviz.models.wrapper import Branch, LayerInfo
+from circuitsviz.sae import TopKSAE
+
+# ------------------------------------------------------------------ the planted network
+A, B = 1, 4                 # the source channels the target reads: red above, green below
+TARGET = 1                  # target channel: the first of the 3x3 branch
+TOP_ROW = torch.tensor([0.5, 1.0, 0.5])       # the target's kernel from A (through bottleneck 0)
+BOTTOM_ROW = torch.tensor([0.75, 0.75, 0.75])    # from B (through bottleneck 1)
+BIAS = -0.3
+
+
+class Planted(nn.Module):
+    """``src`` (1x1 colour detectors + ReLU, 6 channels) -> ``target`` = concat of a 1x1 branch
+    (1 channel) and a 3x3 branch (1x1 bottleneck to 2 channels, ReLU, 3x3 conv to 2 channels).
+
+    Target channel 1 reads source A (red) through the top row of its 3x3 kernel and source B
+    (green) through the bottom row; two other sources leak into the bottlenecks a little.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.src_conv = nn.Conv2d(3, 6, 1)
+        self.src = nn.ReLU()
+        self.t1x1_conv = nn.Conv2d(6, 1, 1)
+        self.t1x1 = nn.ReLU()
+        self.bottleneck_conv = nn.Conv2d(6, 2, 1)
+        self.bottleneck = nn.ReLU()
+        self.t3x3_conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.t3x3 = nn.ReLU()
+        self.target = Concat()
+        with torch.no_grad():
+            r, g, b = torch.eye(3)
+            self.src_conv.weight.copy_(torch.stack([
+                b - r - g,               # 0 blue
+                r - g - b,               # 1 red (A)
+                (r + g + b) / 3,         # 2 brightness
+                -(r + g + b) / 3,        # 3 darkness
+                g - r - b,               # 4 green (B)
+                r + g - 2 * b,           # 5 yellow
+            ])[:, :, None, None])
+            self.src_conv.bias.copy_(torch.tensor([0.0, 0, 0, 1, 0, 0]))
+            self.t1x1_conv.weight.fill_(0.3)
+            self.bottleneck_conv.weight.zero_()
+            self.bottleneck_conv.weight[0, A] = 1.0
+            self.bottleneck_conv.weight[0, 2] = 0.125
+            self.bottleneck_conv.weight[1, B] = 1.0
+            self.bottleneck_conv.weight[1, 5] = 0.0625
+            self.bottleneck_conv.bias.zero_()
+            self.t3x3_conv.weight.zero_()
+            self.t3x3_conv.weight[0, 0, 0] = TOP_ROW
+            self.t3x3_conv.weight[0, 1, 2] = BOTTOM_ROW
+            self.t3x3_conv.weight[1] = 0.1
+            self.t3x3_conv.bias.copy_(torch.tensor([BIAS, 0.0]))
+
+    def forward(self, x):
+        s = self.src(self.src_conv(x))
+        one = self.t1x1(self.t1x1_conv(s))
+        three = self.t3x3(self.t3x3_conv(self.bottleneck(self.bottleneck_conv(s))))
+        return self.target(one, three)
+
+
+def planted(dtype=torch.float32):
+    layers = [LayerInfo("src", "src", 6), LayerInfo("target", "target", 3, (Branch("1x1", 0, 1), Branch("3x3", 1, 3)))]
+    return wrap_model(Planted().to(dtype), name="planted", input_size=16, layers=layers)
+
+
+def red_over_green(n=8, size=16, seed=0):
+    """Gray images with a red band directly above a green band (rows vary): A above B.
+    Leak constants and kernels are exact in binary, so float64 results can be compared exactly."""
+    g = torch.Generator().manual_seed(seed)
+    images = 0.5 + 0.05 * torch.rand(n, 3, size, size, generator=g)
+    for i in range(n):
+        row = int(torch.randint(3, size - 4, (1,), generator=g))
+        images[i, :, row - 2:row] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
+        images[i, :, row:row + 2] = torch.tensor([0.1, 0.9, 0.1])[:, None, None]
+    return images
+
+
+# ------------------------------------------------------------------ weights
+def test_circuit_recovers_planted_sources_with_analytic_kernels_in_float64():
+    model = planted(torch.float64)
+    c = circuit(model, f"target:{TARGET}", source="src", top=3)
+    assert [x.unit for x in c.positive[:2]] == [f"src:{B}", f"src:{A}"]   # totals 2.25 and 2.0
+    expect_a = torch.zeros(3, 3, dtype=torch.float64)
+    expect_a[0] = TOP_ROW.double()
+    expect_b = torch.zeros(3, 3, dtype=torch.float64)
+    expect_b[2] = BOTTOM_ROW.double()
+    by_unit = {x.unit: x for x in c.positive}
+    torch.testing.assert_close(by_unit[f"src:{A}"].kernel, expect_a, rtol=0, atol=1e-15)
+    torch.testing.assert_close(by_unit[f"src:{B}"].kernel, expect_b, rtol=0, atol=1e-15)
+    # The leaks: 1/8 of A's kernel from brightness (the constants are exact in binary).
+    torch.testing.assert_close(by_unit["src:2"].kernel, 0.125 * expect_a, rtol=0, atol=1e-15)
+    assert by_unit[f"src:{A}"].branch == "3x3" and not by_unit[f"src:{A}"].direct
+    assert by_unit[f"src:{A}"].path == ("bottleneck_conv", "t3x3_conv")
+    assert c.negative == []
+    # The 1x1 branch is a single conv: direct weights, its own 1x1 kernels.
+    d = circuit(model, "target:0", source="src", top=6)
+    assert all(x.direct and x.branch == "1x1" and x.kernel.shape == (1, 1) for x in d.positive)
+    torch.testing.assert_close(d.totals, torch.full((6,), 0.3, dtype=torch.float64))
+
+
+def test_outputs_of_a_source_are_the_same_kernels_seen_from_the_other_end():
+    model = planted(torch.float64)
+    out = circuit(model, f"src:{A}", target="target", top=3)
+    assert out.positive[0].unit == f"target:{TARGET}"
+    assert float(out.totals[TARGET]) == pytest.approx(float(TOP_ROW.sum()), abs=1e-12)
+
+
+# Independent reference: InceptionV1's mixed blocks written out with F.conv2d and F.avg_pool2d
+# (ReLUs dropped, max pools averaged), and a per-unit autograd Jacobian of that.
+def _linear_mixed(net, name, x):
+    def conv(branch, t):
+        m = getattr(net, f"{name}_{branch}_pre_relu_conv")
+        return F.conv2d(t, m.weight, m.bias, padding=m.padding)
+
+    pooled = F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+    return torch.cat([conv("1x1", x), conv("3x3", conv("3x3_bottleneck", x)), conv("5x5", conv("5x5_bottleneck", x)),
+                      conv("pool_reduce", pooled)], dim=1)
+
+
+def _reference(net, target, x_shape, centre, channel):
+    x = torch.zeros(x_shape, dtype=torch.float64, requires_grad=True)
+    if target == "mixed4a":  # the stride-2 pool before it, averaged
+        y = _linear_mixed(net, target, F.avg_pool2d(x, 3, 2, ceil_mode=True, count_include_pad=False))
+    else:
+        y = _linear_mixed(net, target, x)
+    (g,) = torch.autograd.grad(y[0, channel, centre[0], centre[1]], x)
+    return g[0]
+
+
+# Kernel sizes in source positions: mixed4a sits behind a stride-2 3x3 pool.
+SIZES = {"1x1": 1, "3x3": 3, "5x5": 5, "pool_reduce": 3}
+STRIDED_SIZES = {"1x1": 3, "3x3": 7, "5x5": 11, "pool_reduce": 7}
+
+
+@pytest.mark.parametrize("target,source,channels", [
+    ("mixed4c", "mixed4b", [3, 127, 130, 383, 400, 447, 450, 511]),       # 1x1, 3x3, 5x5, pool
+    ("mixed3b", "mixed3a", [0, 200, 400, 479]),
+    ("mixed4a", "mixed3b", [0, 250, 400, 500]),                            # through a stride-2 pool
+])
+def test_expanded_weights_equal_a_per_unit_autograd_reference_on_inceptionv1(inception, target, source, channels):
+    net = inception.net.double()
+    try:
+        ew = expanded_weights(inception, target, source, channels=channels)
+        assert not ew.truncated
+        kh, kw = ew.weights.shape[-2:]
+        r0, c0 = ew.origin
+        for i, c in enumerate(channels):
+            ref = _reference(net, target, (1, inception.channels(source), *ew.source_size), ew.centre, c)
+            torch.testing.assert_close(ew.weights[i], ref[:, r0:r0 + kh, c0:c0 + kw], rtol=1e-9, atol=1e-12)
+            outside = torch.ones_like(ref, dtype=torch.bool)
+            outside[:, r0:r0 + kh, c0:c0 + kw] = False
+            assert not ref[outside].any()
+            branch = inception.layer(target).branch_of(c).name
+            assert ew.direct[i] == (branch == "1x1" and target != "mixed4a")
+            assert ew.kernels(c).shape[-2:] == (((STRIDED_SIZES if target == "mixed4a" else SIZES)[branch],) * 2)
+    finally:
+        net.float()
