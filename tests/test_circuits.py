@@ -10,7 +10,7 @@ from torch import nn
 
 from circuitsviz.circuits import ablate, attribute, circuit, expanded_weights, faithfulness, splice_sae
 from circuitsviz.circuits.hooks import ablate_channels
-from circuitsviz.errors import BadInputError
+from circuitsviz.errors import BadInputError, CircuitsvizError
 from circuitsviz.models import wrap_model
 from circuitsviz.models.blocks import Concat
 from circuitsviz.models.wrapper import Branch, LayerInfo
@@ -171,3 +171,106 @@ def test_expanded_weights_equal_a_per_unit_autograd_reference_on_inceptionv1(inc
             assert ew.kernels(c).shape[-2:] == (((STRIDED_SIZES if target == "mixed4a" else SIZES)[branch],) * 2)
     finally:
         net.float()
+
+
+# ------------------------------------------------------------------ interventions
+def _hook_count(model) -> int:
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_zero_ablating_a_whole_layer_gives_the_next_layers_response_to_zeros(inception):
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    acts = inception.activations(images, ["mixed3a", "mixed3b"],
+                                 hooks={"mixed3a": ablate_channels(range(256))})
+    assert not acts["mixed3a"].any()                      # the capture sees the intervention
+    with torch.no_grad():
+        expect = inception.net._mixed("mixed3b", torch.zeros_like(acts["mixed3a"]))
+    torch.testing.assert_close(acts["mixed3b"], expect, rtol=0, atol=0)
+    plain = inception.activations(images, "mixed3b")["mixed3b"]
+    assert (plain - expect).abs().max() > 1e-3            # so the check above could fail
+
+
+def test_hooks_on_layers_past_the_deepest_requested_one_never_run(inception):
+    calls = []
+    images = torch.rand(1, 3, 32, 32)
+    inception.activations(images, "mixed3a", hooks={"mixed4a": lambda a: calls.append(1)})
+    assert calls == []
+    inception.run_with_hooks(images, {"mixed4a": lambda a: calls.append(1)})
+    assert calls == [1]
+
+
+def test_splicing_an_identity_dictionary_sae_changes_nothing(inception):
+    c = inception.channels("mixed3a")
+    sae = TopKSAE(c, 2 * c, k=2 * c, layer="mixed3a")
+    with torch.no_grad():  # features e_i and -e_i: relu(x) - relu(-x) = x, FVU 0
+        eye = torch.eye(c)
+        sae.W_enc.copy_(torch.cat([eye, -eye]))
+        sae.W_dec.copy_(torch.cat([eye, -eye]))
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    x = inception.activations(images, "mixed3a")["mixed3a"]
+    assert torch.equal(sae.reconstruct(x), x)
+    spliced = inception.run_with_hooks(images, {"mixed3a": splice_sae(sae)})
+    torch.testing.assert_close(spliced, inception(images), rtol=0, atol=0)
+    shifted = TopKSAE(c, 2 * c, k=c, layer="mixed3a")   # a random dictionary does change it
+    assert (inception.run_with_hooks(images, {"mixed3a": splice_sae(shifted)}) - inception(images)).abs().max() > 0
+
+
+def test_no_hook_is_left_behind_after_an_error(inception):
+    images = torch.rand(1, 3, 32, 32)
+    before = _hook_count(inception)
+
+    def broken(acts):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        inception.run_with_hooks(images, {"mixed3a": broken, "conv2d2": lambda a: a * 2})
+    with pytest.raises(BadInputError, match="shape"):
+        inception.activations(images, "mixed3b", hooks={"mixed3a": lambda a: a[:, :3]})
+    with pytest.raises(CircuitsvizError, match="unknown layer"):
+        inception.activations(images, "mixed3b", hooks={"mixed3z": lambda a: a})
+    assert _hook_count(inception) == before
+    torch.testing.assert_close(inception.run_with_hooks(images, {}), inception(images), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ attribution and ablation
+@pytest.mark.parametrize("method", ["act_x_grad", "integrated_gradients"])
+def test_attribution_ranks_the_planted_sources_first(method):
+    model = planted()
+    images = red_over_green()
+    att = attribute(model, f"target:{TARGET}", source="src", data=images, method=method, steps=32)
+    assert set(att.top(2)) == {f"src:{A}", f"src:{B}"}
+    assert att.per_image.shape == (8, 6) and att.maps.shape == (8, 6, 16, 16)
+    # Where: A contributes on the rows of the red band, just above the boundary, B below it.
+    rows_a = att.maps[:, A].sum(dim=2).argmax(dim=1)
+    rows_b = att.maps[:, B].sum(dim=2).argmax(dim=1)
+    assert bool((rows_a < rows_b).all())
+    if method == "integrated_gradients":  # completeness: the contributions add up to target(a) - target(0)
+        zero_source = model.activations(images, "target", hooks={"src": lambda a: torch.zeros_like(a)})["target"]
+        gap = att.target - zero_source[:, TARGET].mean(dim=(1, 2)).double()
+        torch.testing.assert_close(att.per_image.sum(1), gap, rtol=0.05, atol=1e-3)
+
+
+def test_ablating_the_planted_sources_kills_the_target_and_random_pairs_do_not():
+    model = planted()
+    images = red_over_green()
+    both = ablate(model, f"target:{TARGET}", [f"src:{A}", f"src:{B}"], data=images)
+    assert float(both.before.min()) > 0.05 and not both.after.any()
+    assert both.relative_drop == pytest.approx(1.0)
+    others = [c for c in range(6) if c not in (A, B)]
+    for i in others:
+        for j in others:
+            if i < j:
+                drop = ablate(model, f"target:{TARGET}", [f"src:{i}", f"src:{j}"], data=images).relative_drop
+                assert drop < 0.2, (i, j, drop)
+    mean = ablate(model, f"target:{TARGET}", [f"src:{A}", f"src:{B}"], data=images, mode="mean")
+    assert 0 < mean.relative_drop < 1     # the bands' mean colour still drives it a little
+
+
+def test_faithfulness_of_the_planted_circuit():
+    model = planted()
+    f = faithfulness(model, f"target:{TARGET}", source="src", data=red_over_green(16), n=2, draws=20)
+    assert set(f.top_sources) == {f"src:{A}", f"src:{B}"}
+    assert f.top_drop == pytest.approx(f.baseline) and f.top_interval[0] == pytest.approx(f.baseline)
+    # Random pairs come from the whole layer: those that miss both A and B barely move the target.
+    missed = [d for d, units in zip(f.random_drops, f.random_sources) if not {f"src:{A}", f"src:{B}"} & set(units)]
+    assert missed and max(missed) < 0.2 * f.baseline

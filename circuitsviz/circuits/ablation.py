@@ -4,7 +4,7 @@
 the unit's value before and after, image by image. ``faithfulness`` asks whether the sources
 attribution ranks first matter more than chance: the drop from ablating the top ``n`` attributed
 sources against the drop from ablating ``n`` random sources of the same layer, over ``draws``
-random draws. Sources are ranked on one half of the images (even positions) and the drops are
+random draws (which may include top sources: they are drawn from the whole layer). Sources are ranked on one half of the images (even positions) and the drops are
 measured on the other half (odd positions), so the ranking is not scored on its own data.
 
 >>> f = faithfulness(model, "mixed3b:4", source="mixed3a", data=images, n=5)   # doctest: +SKIP
@@ -101,6 +101,7 @@ class Faithfulness:
     random_drops: torch.Tensor = field(repr=False)   # (draws,) mean drop of each random draw
     random_interval: tuple[float, float] = (0.0, 0.0)  # 2.5th and 97.5th percentiles over draws
     baseline: float = 0.0                   # the unit's mean value on the held-out images
+    random_sources: list[list[str]] = field(default_factory=list, repr=False)  # the units of each draw
 
     @property
     def random_drop(self) -> float:
@@ -149,10 +150,11 @@ def faithfulness(model, unit, *, source: str, data, n: int = 5, draws: int = 50,
     top_d, before = drops([side.index_of(u, model) for u in top])
     rng = np.random.default_rng(seed)
     boot = [float(top_d[rng.integers(0, len(top_d), len(top_d))].mean()) for _ in range(1000)]
-    random = torch.tensor([float(drops(sorted(rng.choice(size, n, replace=False).tolist()))[0].mean())
-                           for _ in range(draws)], dtype=torch.float64)
+    drawn = [sorted(rng.choice(size, n, replace=False).tolist()) for _ in range(draws)]
+    random = torch.tensor([float(drops(idx)[0].mean()) for idx in drawn], dtype=torch.float64)
     return Faithfulness(
         readout.unit.id, side.spec, n, mode, method, top, float(top_d.mean()),
         (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))), random,
         (float(np.percentile(random, 2.5)), float(np.percentile(random, 97.5))), float(before.mean()),
+        [[side.unit_id(i) for i in idx] for idx in drawn],
     )
