@@ -274,3 +274,20 @@ def test_faithfulness_of_the_planted_circuit():
     # Random pairs come from the whole layer: those that miss both A and B barely move the target.
     missed = [d for d, units in zip(f.random_drops, f.random_sources) if not {f"src:{A}", f"src:{B}"} & set(units)]
     assert missed and max(missed) < 0.2 * f.baseline
+
+
+def test_features_of_an_identity_dictionary_attribute_and_ablate_like_their_channels():
+    model = planted()
+    sae = TopKSAE(6, 6, k=6, layer="src", name="eye")
+    with torch.no_grad():   # src is post-ReLU, so the identity code is exact
+        sae.W_enc.copy_(torch.eye(6))
+        sae.W_dec.copy_(torch.eye(6))
+    images = red_over_green()
+    by_channel = attribute(model, f"target:{TARGET}", source="src", data=images)
+    by_feature = attribute(model, f"target:{TARGET}", source="src/eye", data=images, sae=sae)
+    assert by_feature.units[A] == f"src/eye:{A}"
+    torch.testing.assert_close(by_feature.per_image, by_channel.per_image)
+    cut = ablate(model, f"target:{TARGET}", [f"src/eye:{A}", f"src/eye:{B}"], data=images, sae=sae)
+    assert not cut.after.any()
+    with pytest.raises(BadInputError, match="sae="):
+        attribute(model, f"target:{TARGET}", source="src/eye", data=images)
