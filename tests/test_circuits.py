@@ -291,3 +291,17 @@ def test_features_of_an_identity_dictionary_attribute_and_ablate_like_their_chan
     assert not cut.after.any()
     with pytest.raises(BadInputError, match="sae="):
         attribute(model, f"target:{TARGET}", source="src/eye", data=images)
+
+
+def test_cli_prints_the_same_ranking_as_the_api(capsys):
+    from circuitsviz.cli import main
+    from circuitsviz.models import load_model
+
+    assert main(["circuit", "--model", "demo", "--device", "cpu", "--unit", "mixed3b:4", "--source", "mixed3a",
+                 "--top", "3"]) == 0
+    printed = capsys.readouterr().out
+    expect = circuit(load_model("demo"), "mixed3b:4", source="mixed3a", top=3)
+    rows = [line.split()[1] for line in printed.splitlines() if line.strip()[:1].isdigit()]
+    assert rows == [c.unit for c in expect.positive + expect.negative]
+    assert main(["circuit", "--model", "demo", "--device", "cpu", "--unit", "mixed3b:99", "--source", "mixed3a"]) == 2
+    assert "out of range" in capsys.readouterr().err
