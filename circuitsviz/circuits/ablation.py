@@ -21,7 +21,7 @@ import torch
 
 from ..errors import BadInputError
 from .attribution import _mean_code, attribute
-from .features import as_unit, layer_spec
+from .features import as_unit
 from .readout import Readout, SourceSide, batches, load_images
 
 MODES = ("zero", "mean")
@@ -126,14 +126,22 @@ class Faithfulness:
 
 def faithfulness(model, unit, *, source: str, data, n: int = 5, draws: int = 50, method: str = "act_x_grad",
                  mode: str = "zero", sae=None, reduce: str = "mean", seed: int = 0, batch_size: int = 64,
-                 limit: int | None = None) -> Faithfulness:
-    """Faithfulness of ``unit``'s top-``n`` attributed sources in ``source`` (see the module doc)."""
-    layer, _ = layer_spec(source)
+                 limit: int | None = None, examples: int | None = None) -> Faithfulness:
+    """Faithfulness of ``unit``'s top-``n`` attributed sources in ``source`` (see the module doc).
+
+    ``examples``: use only the unit's ``examples`` most activating images of ``data`` (its dataset
+    examples), so that a sparse unit (an SAE feature) is measured where it fires.
+    """
     side = SourceSide.of(model, source, sae)
     size = side.size(model)
     if not isinstance(n, int) or not 1 <= n < size:
         raise BadInputError(f"n must be between 1 and {size - 1} (the units of {source}), got {n!r}")
     images = load_images(data, model, limit)
+    if examples is not None:
+        readout = Readout.of(model, unit, sae, reduce)
+        with torch.no_grad():
+            values = torch.cat([readout.run(model, b).cpu() for b in batches(images, batch_size)])
+        images = images[torch.argsort(values, descending=True)[:examples].sort().values]
     if len(images) < 4:
         raise BadInputError(f"faithfulness needs at least 4 images (half rank, half measure), got {len(images)}")
     rank_on, measure_on = images[0::2], images[1::2]

@@ -20,7 +20,7 @@ torch.Size([5, 5])
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -99,7 +99,7 @@ def expanded_weights(
     ``input_size``: the image size the maps are computed at. By default the smallest of 32, 64,
     128, ... (up to 4x the model's size) at which no target's window reaches the edge of the
     source map; a window that still does is marked ``truncated``. Where source and target have
-    the same resolution the batched pass runs on a source map just larger than the window.
+    the same resolution the batched pass runs on a source map the size of the window.
     """
     if target == source:
         raise BadInputError(f"source and target are the same layer {target!r}; pick an earlier source")
@@ -110,16 +110,14 @@ def expanded_weights(
     if not chans:
         raise BadInputError("ask for at least one target channel")
     for size in [input_size] if input_size else _sizes(model.input_size):
-        truncated, crop = _probe(model, target, source, chans, size)
-        if not truncated:
+        probe = _probe(model, target, source, chans, size)
+        if not probe.truncated:
             break
-    if crop is not None and not truncated:
-        # A stride-1 path is translation-equivariant: the window plus a margin of one gives the
-        # same kernels as the whole map, on several times fewer positions.
+    if probe.crop is not None and not probe.truncated:
         try:
-            result = _jacobian(model, target, source, chans, size, crop)
-            if not result.truncated:
-                return result
+            cropped = replace(_jacobian(model, target, source, chans, size, probe.crop), truncated=False)
+            if probe.agrees(cropped):
+                return cropped
         except RuntimeError:
             pass  # the path also reads earlier maps of the image's size: use the whole map
     return _jacobian(model, target, source, chans, size)
@@ -189,20 +187,37 @@ def _truncated(rows: slice, cols: slice, h: int, w: int) -> bool:
     return rows.start == 0 or cols.start == 0 or rows.stop == h or cols.stop == w
 
 
-def _probe(model, target: str, source: str, chans: list[int], size: int) -> tuple[bool, tuple[int, int] | None]:
-    """(whether some target's window reaches the source map's edge at ``size``, the smallest
-    source map that holds the window with a margin of one, or None where the path is strided).
+@dataclass
+class _Probe:
+    """One backward of a fixed mix of the targets, whose support is (almost surely) the union of theirs."""
 
-    One backward of a fixed mix of the targets, whose support is (almost surely) the union of theirs.
-    """
+    truncated: bool                    # some target's window reaches the source map's edge
+    crop: tuple[int, int] | None       # a source map size that gives the same kernels, if any
+    mix: torch.Tensor                  # (T,) the mix
+    window: torch.Tensor               # (S, kh, kw) the mixed kernels over the window
+
+    def agrees(self, ew: ExpandedWeights) -> bool:
+        """Whether ``ew``'s kernels, mixed the same way, give the probe's (a check on a crop)."""
+        if tuple(ew.weights.shape[-2:]) != tuple(self.window.shape[-2:]):
+            return False
+        mixed = torch.einsum("t,tshw->shw", self.mix.to(ew.weights), ew.weights)
+        return bool(torch.allclose(mixed, self.window.to(mixed), rtol=1e-4, atol=1e-6 * float(self.window.abs().max())))
+
+
+def _probe(model, target: str, source: str, chans: list[int], size: int) -> _Probe:
     src, acts, _ = _forward(model, target, source, size, 1)
     gen = torch.Generator(device="cpu").manual_seed(0)
     mix = (torch.rand(len(chans), generator=gen, dtype=torch.float64) + 0.5).to(acts)
-    (g,) = torch.autograd.grad((acts[0, chans, acts.shape[2] // 2, acts.shape[3] // 2] * mix).sum(), src)
+    cy, cx = acts.shape[2] // 2, acts.shape[3] // 2
+    (g,) = torch.autograd.grad((acts[0, chans, cy, cx] * mix).sum(), src)
     rows, cols = _support(g[0])
-    same = tuple(acts.shape[2:]) == tuple(src.shape[2:])
-    crop = (rows.stop - rows.start + 2, cols.stop - cols.start + 2) if same else None
-    return _truncated(rows, cols, *g.shape[-2:]), crop
+    # A stride-1 path whose window is centred on the target: the positions the centre reads, and
+    # what they read, normally lie inside the window, so a source map of the window's size gives
+    # the same kernels on far fewer positions. ``agrees`` checks that it did.
+    centred = (tuple(acts.shape[2:]) == tuple(src.shape[2:]) and rows.start + rows.stop - 1 == 2 * cy
+               and cols.start + cols.stop - 1 == 2 * cx)
+    crop = (rows.stop - rows.start, cols.stop - cols.start) if centred else None
+    return _Probe(_truncated(rows, cols, *g.shape[-2:]), crop, mix.detach(), g[0][:, rows, cols].detach())
 
 
 def _jacobian(model, target: str, source: str, chans: list[int], size: int,
@@ -215,7 +230,9 @@ def _jacobian(model, target: str, source: str, chans: list[int], size: int,
     outs = [o for _, _, o in on_path]
     grads = torch.autograd.grad(picked, [src] + outs, allow_unused=True)
     jac = grads[0].detach()                                        # (T, S, H, W)
-    reached = [None if g is None else g.detach().abs().flatten(1).amax(1).ne(0).cpu() for g in grads[1:]]
+    dims = lambda g: tuple(range(1, g.dim()))  # noqa: E731
+    # Nonzero anywhere, per batch item, without an |g| copy (channels-last grads do not flatten for free).
+    reached = [None if g is None else ((g.amax(dims(g)) > 0) | (g.amin(dims(g)) < 0)).cpu() for g in grads[1:]]
     paths, direct = [], []
     for i in range(len(chans)):
         mods = [(n, m) for (n, m, _), r in zip(on_path, reached) if r is not None and bool(r[i])]
