@@ -287,6 +287,11 @@ def test_features_of_an_identity_dictionary_attribute_and_ablate_like_their_chan
     by_feature = attribute(model, f"target:{TARGET}", source="src/eye", data=images, sae=sae)
     assert by_feature.units[A] == f"src/eye:{A}"
     torch.testing.assert_close(by_feature.per_image, by_channel.per_image)
+    inputs = circuit(model, f"target:{TARGET}", source="src/eye", sae=sae)
+    assert [c.unit for c in inputs.positive[:2]] == [f"src/eye:{B}", f"src/eye:{A}"]
+    torch.testing.assert_close(inputs.totals, circuit(model, f"target:{TARGET}", source="src").totals)
+    outputs = circuit(model, f"src/eye:{A}", target="target", sae=sae)   # through its decoder direction
+    torch.testing.assert_close(outputs.totals, circuit(model, f"src:{A}", target="target").totals)
     cut = ablate(model, f"target:{TARGET}", [f"src/eye:{A}", f"src/eye:{B}"], data=images, sae=sae)
     assert not cut.after.any()
     with pytest.raises(BadInputError, match="sae="):

@@ -60,7 +60,8 @@ def table(circuits: list[SplitCircuit], n: int) -> str:
     lines = [head] + [row for sc in circuits for row in sc.rows()]
     results = [r for sc in circuits for r in sc.results]
     passed = sum(r.ratio >= 2 and r.disjoint for r in results)
-    lines.append(f"{passed} of {len(results)} units pass (top-{n} drop >= 2x random and 95% intervals disjoint)")
+    lines.append(f"{passed} of {len(results)} units pass (top-{n} drop >= 2x random and 95% intervals disjoint; "
+                 "ratio inf: random ablations raised the unit on average)")
     return "\n".join(lines)
 
 

@@ -247,7 +247,7 @@ class VisionModel(nn.Module):
         >>> probs = model.run_with_hooks(images, {"mixed4e": zero_55})          # doctest: +SKIP
 
         Only layers whose output feeds the rest of the network can be intervened on:
-        InceptionV1's ``mixedXX_pre_relu`` is a copy made for reading (the branches' own
+        InceptionV1's and the demo's ``mixedXX_pre_relu`` is a copy made for reading (the branches' own
         ``*_pre_relu`` layers do feed it).
         """
         if check:
