@@ -47,6 +47,13 @@ class Circuit:
     truncated: bool = False      # some kernel reached the edge of the map it was computed on
     totals: torch.Tensor = field(default=None, repr=False)  # every unit's total, in index order
 
+    def to_rows(self) -> list[dict]:
+        """Plain rows (one per connection, positive then negative) for a store table."""
+        return [dict(unit=self.unit, other=c.unit, direction=self.direction, layer=self.layer, sign=sign,
+                     rank=r, total=c.total, kernel=c.kernel.tolist(), branch=c.branch, path=list(c.path),
+                     direct=c.direct)
+                for sign, conns in (("+", self.positive), ("-", self.negative)) for r, c in enumerate(conns, 1)]
+
     def table(self) -> str:
         arrow = "<-" if self.direction == "inputs" else "->"
         lines = [f"{self.unit} {arrow} {self.layer} ({self.direction}; total = sum of the kernel)"]
