@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", default="mixed3a")
     ap.add_argument("--sae", help="a saved SAE directory (default: fit the study's)")
     ap.add_argument("--save", help="where to save the SAE it fits, to reuse with --sae")
+    ap.add_argument("--sae-seed", type=int, default=0, help="seed of the SAE it fits (default: %(default)s)")
     ap.add_argument("--channels", help="channels to split, e.g. 1,6,0 (default: all)")
     ap.add_argument("--images", type=int, default=400, help="held-out images (default: %(default)s)")
     ap.add_argument("--heldout-seed", type=int, default=10000)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         sae = load_sae(args.sae, model=model, layer=args.sae_layer)
     else:
         train = as_dataset("procedural", model, n=2000, seed=1)
-        sae = fit_sae(model, train, args.sae_layer, expansion=8, k=1, n_images=len(train), seed=0,
+        sae = fit_sae(model, train, args.sae_layer, expansion=8, k=1, n_images=len(train), seed=args.sae_seed,
                       sampler=Sampler("per_image", per_image=16), cache_root=tempfile.mkdtemp(),
                       name="topk8x_k1", progress=False)
         print("SAE:", {k: round(v, 4) for k, v in dict(sae.metrics).items() if isinstance(v, float)})
