@@ -37,6 +37,8 @@ _EXPORTS = {
     # sparse autoencoders
     "fit_sae": "circuitsviz.sae", "load_sae": "circuitsviz.sae", "split_channel": "circuitsviz.sae",
     "TopKSAE": "circuitsviz.sae", "ReluSAE": "circuitsviz.sae", "SplitResult": "circuitsviz.sae",
+    # circuits
+    "circuit": "circuitsviz.circuits", "expanded_weights": "circuitsviz.circuits", "attribute": "circuitsviz.circuits", "ablate": "circuitsviz.circuits", "faithfulness": "circuitsviz.circuits",
     # store
     "open_run": "circuitsviz.store", "Run": "circuitsviz.store", "SettingsChangedError": "circuitsviz.store",
     # data and the study pipeline
