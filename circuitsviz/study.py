@@ -362,8 +362,11 @@ def fit(ctx: StudyContext) -> None:
         return
     _log(f"fitting SAE {ctx.sae_slot} ({s.sae_expansion}x expansion, k={s.sae_k})")
     path = ctx.run.sae_dir(layer, name)
-    with ctx.run.lock(f"sae:{layer}"):
+    with ctx.run.lock(f"sae:{layer}"):  # another study or fit-sae on this layer finishes first
         rec = ctx.run.step("sae", ctx.sae_slot)
+        if rec is not None and rec.complete and rec.settings == key:  # ... and may have fit this very SAE
+            ctx.sae = load_sae(ctx.run.sae(name, layer).path, model=ctx.model, layer=layer, device=ctx.model.device)
+            return
         if rec is None or rec.settings != key:  # files of a replaced SAE: its checkpoint must not resume
             shutil.rmtree(path, ignore_errors=True)
         ctx.run.begin_step("sae", ctx.sae_slot, key)

@@ -18,7 +18,7 @@ def test_the_readme_has_python_snippets():
     assert len(python_blocks()) >= 3
 
 
-@pytest.mark.slow  # renders, mines and fits an SAE on the demo model: ~40 s on a 2-core CPU
+@pytest.mark.slow  # renders, mines and fits an SAE on the demo model: ~1-2 min on a 2-core CPU
 def test_every_readme_python_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))  # the activation cache goes to ~/.cache: keep it here
