@@ -144,8 +144,8 @@ def expected_channel_concepts() -> list[int]:
 
 @pytest.fixture(scope="module")
 def planted():
-    return evaluate_split(planted_model(), PlantedData(600, 1), eval_data=PlantedData(600, 2), expansion=4,
-                          ks=(1,), seeds=(0, 1), per_image=8, top=16, sae_steps=600)
+    return evaluate_split(planted_model(), PlantedData(300, 1), eval_data=PlantedData(300, 2), expansion=4,
+                          ks=(1,), seeds=(0, 1), per_image=8, top=16, sae_steps=300)
 
 
 def test_planted_channels_score_their_known_concept_counts(planted):

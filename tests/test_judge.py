@@ -119,3 +119,14 @@ def test_fv_recovery_scores_the_judge_on_its_own_class_logits(judge):
     rec = fv_recovery(judge, targets, judge=judge, steps=48, kind="judge logits", transforms=None)
     assert rec.recovery == 1.0 and [r["hit"] for r in rec.rows] == [True, True]
     assert json.dumps(rec.to_dict())
+
+
+def test_sae_feature_at_one_position_reads_only_that_position():
+    sae = _hand_sae()
+    acts = torch.zeros(1, 2, 3, 3)
+    acts[0, :, 1, 1] = torch.tensor([0.2, 0.9])                      # the centre: feature 0 wins, value 1.1
+    acts[0, :, 0, 0] = torch.tensor([5.0, 0.0])                      # elsewhere: feature 1 wins by far
+    with torch.no_grad():
+        assert float(sae_feature(sae, 0, at="center")({"L": acts})) == pytest.approx(1.1)
+        assert float(sae_feature(sae, 0, at=(0, 0))({"L": acts})) == pytest.approx(5.0 + (5.0 - 10.0))
+        assert float(sae_feature(sae, 0, mode="decoder", at="center")({"L": acts})) == pytest.approx(0.2)

@@ -61,7 +61,7 @@ class Recovery:
 
 
 def feature_targets(ev: Evaluation, *, k: int | None = None, seed: int | None = None, mode: str = "encoder",
-                    max_units: int | None = None) -> list[Target]:
+                    at=None, max_units: int | None = None) -> list[Target]:
     """The evaluation-monosemantic SAE features of one fitted SAE (default: smallest k, first seed)."""
     from ..optvis.sae_objectives import sae_feature
 
@@ -81,7 +81,7 @@ def feature_targets(ev: Evaluation, *, k: int | None = None, seed: int | None = 
         return fires
 
     units = run.monosemantic_units()[:max_units]
-    return [Target(f"{layer}/{sae.name}:{f}", sae_feature(sae, f, mode=mode), run.concept[f], fires_of(f))
+    return [Target(f"{layer}/{sae.name}:{f}", sae_feature(sae, f, mode=mode, at=at), run.concept[f], fires_of(f))
             for f in units]
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import BadInputError
-from .objectives import Acts, Objective, _with_batch, direction
+from .objectives import Acts, LinearObjective, Objective, _at, _with_batch, direction
 
 MODES = ("encoder", "decoder")
 
@@ -44,12 +44,14 @@ def topk_margin_value(pre: torch.Tensor, feature: int, k: int) -> torch.Tensor:
     return own + (own - bar).clamp(max=0)
 
 
-def sae_feature(sae, feature: int, *, mode: str = "encoder", layer: str | None = None,
-                batch: int | slice | None = None) -> Objective:
+def sae_feature(sae, feature: int, *, mode: str = "encoder", at: str | tuple[int, int] | None = None,
+                layer: str | None = None, batch: int | slice | None = None) -> Objective:
     """The activation of SAE feature ``feature`` (``mode="encoder"``) or its decoder direction (``"decoder"``).
 
-    ``layer`` defaults to the layer the SAE was fit on. A ReLU SAE has no TopK: its objective
-    is the feature's pre-activation.
+    ``at``: ``None`` averages over all positions (as :func:`channel`); ``"center"`` or ``(y, x)``
+    reads one position (as :func:`neuron`), which asks for one instance of what the feature
+    detects instead of a texture of it. ``layer`` defaults to the layer the SAE was fit on. A
+    ReLU SAE has no TopK: its objective is the feature's pre-activation.
     """
     if mode not in MODES:
         raise BadInputError(f"unknown SAE feature objective mode {mode!r}; valid: {', '.join(MODES)}")
@@ -59,13 +61,19 @@ def sae_feature(sae, feature: int, *, mode: str = "encoder", layer: str | None =
     layer = layer or sae.layer
     if layer is None:
         raise BadInputError("this SAE does not record its layer; pass layer=...")
-    name = f"sae_feature({layer}/{sae.name}:{feature}, {mode})"
+    if at is not None and at != "center" and not (isinstance(at, tuple) and len(at) == 2):
+        raise BadInputError(f"at must be None, 'center' or a (y, x) position, got {at!r}")
+    pos = None if at is None else (None, None) if at == "center" else (int(at[0]), int(at[1]))
+    where = "" if at is None else f" @{at}"
+    name = f"sae_feature({layer}/{sae.name}:{feature}, {mode}{where})"
     if mode == "decoder":
-        return _with_batch(direction(layer, sae.decoder_direction(feature), name=name), batch)
+        v = direction(layer, sae.decoder_direction(feature)).vector
+        return _with_batch(LinearObjective(layer, None, v, pos, 1.0, name, direction(layer, v).checks), batch)
     k = getattr(sae, "k", None)
 
     def fn(acts: Acts) -> torch.Tensor:
-        pre = feature_pre_activations(sae, acts[layer])
+        a = acts[layer] if pos is None else _at(acts[layer], pos)
+        pre = feature_pre_activations(sae, a)
         value = pre[:, feature] if k is None else topk_margin_value(pre, feature, int(k))
         return value.mean(dim=(-2, -1))
 
