@@ -193,3 +193,18 @@ def test_bad_settings_fail_before_work():
         evaluate_split(planted_model(), "procedural", eval_seed=1, data_seed=1)
     with pytest.raises(BadInputError, match="baseline"):
         evaluate_split(planted_model(), PlantedData(10, 1), baselines=("pca",))
+
+
+@pytest.mark.slow
+def test_evidence_is_saved_and_reused_only_for_the_same_settings(tmp_path):
+    from circuitsviz.evaluate import evidence
+
+    said = []
+    kw = dict(out=tmp_path, ks=(1,), seeds=(0,), per_image=4, top=8, sae_steps=50, expansion=2, log=said.append)
+    first = evidence(planted_model(), PlantedData(200, 1), **kw)     # a folder-like set: hash split
+    assert (tmp_path / "evidence.json").is_file() and first.recovery == []   # FV needs the demo model
+    assert first.evaluation["n_train_images"] + first.evaluation["n_eval_images"] == 200
+    again = evidence(planted_model(), PlantedData(200, 1), **kw)
+    assert said[-1] == "held-out evaluation: done already" and again.table == first.table
+    evidence(planted_model(), PlantedData(200, 1), **{**kw, "top": 4})
+    assert said[-1] != "held-out evaluation: done already"

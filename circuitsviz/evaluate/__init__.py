@@ -10,6 +10,7 @@ unit's feature visualization shows its concept.
 >>> print(ev.table())                                              # doctest: +SKIP
 """
 
+from .evidence import Evidence, evidence
 from .fv import Recovery, Target, channel_targets, class_targets, feature_targets, fv_recovery, scaled_transforms
 from .intervals import Interval, mean_interval, t_quantile
 from .kmeans import KMeans, kmeans
@@ -18,5 +19,5 @@ from .protocol import Evaluation, UnitScores, evaluate_split, hash_split, random
 __all__ = [
     "evaluate_split", "Evaluation", "UnitScores", "hash_split", "score_on", "training_samples", "random_topk",
     "kmeans", "KMeans", "Interval", "mean_interval", "t_quantile",
-    "fv_recovery", "Recovery", "Target", "feature_targets", "channel_targets", "class_targets", "scaled_transforms",
+    "evidence", "Evidence", "fv_recovery", "Recovery", "Target", "feature_targets", "channel_targets", "class_targets", "scaled_transforms",
 ]
