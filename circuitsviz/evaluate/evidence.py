@@ -43,6 +43,11 @@ class Evidence:
         return {"settings": self.settings, "evaluation": self.evaluation, "table": self.table,
                 "fv_recovery": self.recovery}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Evidence":
+        """Back from :meth:`to_dict` (what ``evidence.json`` and ``report.json`` hold)."""
+        return cls(d["settings"], d["evaluation"], d["table"], d.get("fv_recovery", []))
+
 
 def evidence(model, data="procedural", *, out: str | Path | None = None, expansion: int = 8, ks=(1, 2, 4),
              seeds=(0, 1, 2), n_images: int = 2000, data_seed: int = 1, eval_seed: int | None = None,
@@ -64,7 +69,7 @@ def evidence(model, data="procedural", *, out: str | Path | None = None, expansi
         if old.get("settings") == settings:
             if log:
                 log("held-out evaluation: done already")
-            return Evidence(old["settings"], old["evaluation"], old["table"], old.get("fv_recovery", []))
+            return Evidence.from_dict(old)
     ev = evaluate_split(model, data, expansion=expansion, ks=ks, seeds=seeds, n_images=n_images, eval_images=n_images,
                         data_seed=data_seed, eval_seed=eval_seed, per_image=per_image, top=top, sae_steps=sae_steps,
                         progress=progress, log=log)
