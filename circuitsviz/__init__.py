@@ -46,6 +46,8 @@ _EXPORTS = {
     "study": "circuitsviz.study", "StudySettings": "circuitsviz.study", "StudyReport": "circuitsviz.study",
     # process-level CPU tuning (opt-in; the command line applies it)
     "retain_freed_memory": "circuitsviz.runtime",
+    # held-out evidence (issue 11)
+    "evaluate_split": "circuitsviz.evaluate", "Evaluation": "circuitsviz.evaluate", "fv_recovery": "circuitsviz.evaluate", "sae_feature": "circuitsviz.optvis",
 }
 
 __all__ = sorted(_EXPORTS)
