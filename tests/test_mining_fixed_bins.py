@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
+import pytest
 
 from circuitsviz.mining import mine
 
 from .test_mining import BATCH, Images, brute_force, tiny_model
 
 
-def test_fixed_bins_match_brute_force_counts_and_positions():
+@pytest.mark.parametrize("lazy_after", [0, 1, 10**9])
+def test_fixed_bins_match_brute_force_counts_and_positions(monkeypatch, lazy_after):
+    # 0: positions found only for the pairs that enter, from the first batch on; 1: from the
+    # second batch on (k=5 images seen); 10**9: max-with-indices throughout.
+    monkeypatch.setattr(importlib.import_module("circuitsviz.mining.mine"), "_LAZY_AFTER", lazy_after)
     model, data = tiny_model(), Images()
     lo, hi, bins = 0.0, 3.0, 6
     result = mine(model, data, ["1", "4"], k=5, batch_size=BATCH, progress=False, mean_top_k=True,
