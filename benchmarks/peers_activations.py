@@ -16,9 +16,9 @@ transformers for what is, on a vision net, a forward hook.
 
 All run without autograd on the same module (circuitsviz's InceptionV1) with the same
 channels-last input on the CPU. Reported: img/s (median of alternating rounds) and peak memory:
-each contender runs once more in a fresh subprocess and reports its ``ru_maxrss`` growth over
-the interpreter with the model loaded (resident set, so CPU; on CUDA the subprocess reports
-``torch.cuda.max_memory_allocated`` instead).
+each contender runs once more in a fresh subprocess, which reports how far its peak resident set
+(``VmHWM``, reset first through ``/proc/self/clear_refs``) rose above its resident set with the
+model loaded; on CUDA it reports ``torch.cuda.max_memory_allocated`` growth instead.
 
 Last line: circuitsviz's img/s for ``mixed3b`` over the fastest peer's.
 """
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -61,7 +60,7 @@ def contenders(model, layers: list[str]) -> dict:
 def peak_memory(name: str, request: str, batch: int, device: str) -> float | None:
     """MB a fresh process grows by (or CUDA allocates at peak) while ``name`` runs once."""
     code = f"""
-import json, resource, sys, torch
+import json, sys, torch
 sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r})
 from peers_activations import contenders, REQUESTS
 from circuitsviz.models import load_model
@@ -73,9 +72,10 @@ with torch.no_grad():
     if {device!r}.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated(); fn(x); torch.cuda.synchronize()
         grow = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; fn(x)
-        grow = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    else:  # Linux: writing 5 to clear_refs resets the peak resident set (VmHWM) to the current one
+        rss = lambda key: int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1])
+        base = rss("VmRSS:"); open("/proc/self/clear_refs", "w").write("5"); fn(x)
+        grow = (rss("VmHWM:") - base) / 1024
 print(json.dumps(grow))
 """
     try:
@@ -100,7 +100,7 @@ def main() -> None:
     model = load_model("inceptionv1", pretrained=False, device=args.device)
     x = torch.rand(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(args.device)
     print(f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} rounds={args.rounds} "
-          f"memory: {'CUDA max_memory_allocated' if args.device.startswith('cuda') else 'ru_maxrss growth'} "
+          f"memory: {'CUDA max_memory_allocated' if args.device.startswith('cuda') else 'peak RSS (VmHWM) growth'} "
           "in a fresh subprocess")
     headline = None
     for request, layers in REQUESTS.items():

@@ -92,7 +92,7 @@ def _fingerprint(module: torch.nn.Module | None) -> str | None:
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"))  # same bytes, no copy
     return h.hexdigest()[:16]
 
 
