@@ -38,7 +38,8 @@ _EXPORTS = {
     "fit_sae": "circuitsviz.sae", "load_sae": "circuitsviz.sae", "split_channel": "circuitsviz.sae",
     "TopKSAE": "circuitsviz.sae", "ReluSAE": "circuitsviz.sae", "SplitResult": "circuitsviz.sae",
     # circuits
-    "circuit": "circuitsviz.circuits", "expanded_weights": "circuitsviz.circuits", "attribute": "circuitsviz.circuits", "ablate": "circuitsviz.circuits", "faithfulness": "circuitsviz.circuits",
+    "circuit": "circuitsviz.circuits", "expanded_weights": "circuitsviz.circuits",
+    "attribute": "circuitsviz.circuits", "ablate": "circuitsviz.circuits", "faithfulness": "circuitsviz.circuits",
     # store
     "open_run": "circuitsviz.store", "Run": "circuitsviz.store", "SettingsChangedError": "circuitsviz.store",
     # data and the study pipeline
@@ -47,17 +48,20 @@ _EXPORTS = {
     # process-level CPU tuning (opt-in; the command line applies it)
     "retain_freed_memory": "circuitsviz.runtime",
     # held-out evidence (issue 11)
-    "evaluate_split": "circuitsviz.evaluate", "Evaluation": "circuitsviz.evaluate", "fv_recovery": "circuitsviz.evaluate", "sae_feature": "circuitsviz.optvis",
+    "evaluate_split": "circuitsviz.evaluate", "Evaluation": "circuitsviz.evaluate",
+    "fv_recovery": "circuitsviz.evaluate", "sae_feature": "circuitsviz.optvis",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load lazily, below
+    from .circuits import ablate, attribute, circuit, expanded_weights, faithfulness
     from .data import ConceptDataset, ImageFolderDataset
     from .errors import CircuitsvizError
+    from .evaluate import Evaluation, evaluate_split, fv_recovery
     from .mining import MiningResult, merge, mine, receptive_field
     from .models import IMAGENET_MEAN, IMAGENET_STD, LayerInfo, VisionModel, list_layers, load_model, wrap_model
-    from .optvis import VisResult, channel, direction, diversity, neuron, visualize
+    from .optvis import VisResult, channel, direction, diversity, neuron, sae_feature, visualize
     from .runtime import retain_freed_memory
     from .sae import ReluSAE, SplitResult, TopKSAE, fit_sae, load_sae, split_channel
     from .store import Run, SettingsChangedError, open_run
