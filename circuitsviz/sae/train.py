@@ -22,11 +22,11 @@ and an old pickled ``checkpoint.pt`` is read only with ``weights_only=True``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +35,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import BadInputError, CircuitsvizError, check_float, check_int, check_name
+from ..hashing import config_hash
+from ..progress import progress_bar
+from ..units import sae_name
 from .cache import SampleSource, Sampler, build_cache, check_finite, open_cache
 from .io import save_sae
 from .metrics import evaluate
@@ -126,7 +129,8 @@ def fit_sae(
     ``sae.history`` (the training curve). ``model`` may be ``None`` when ``data`` already holds
     activation samples. Runs where the model (or the sample tensor) lives unless ``device`` says.
     ``batch_size`` is lowered to a quarter of the training samples for small data; ``steps``
-    defaults to about ten passes over the samples (500 to 20000 steps).
+    defaults to about ten passes over the samples (500 to 20000 steps). Activation samples of images
+    are cached under ``cache_root`` (default ``~/.cache/circuitsviz/activations``) and reused.
     """
     _check_fit_args(model, data, layer, expansion=expansion, k=k, kind=kind, l1_coef=l1_coef, n_latents=n_latents,
                     steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, decay=decay, grad_clip=grad_clip,
@@ -142,6 +146,9 @@ def fit_sae(
     f = int(n_latents or expansion * c)
     if kind == "topk" and k > f:
         raise BadInputError(f"k must be at most the number of features ({f}), got {k}")
+    if kind == "topk" and k > f // 4:
+        warnings.warn(f"k={k} active of {f} features: so large a share makes a dense SAE whose features are "
+                      f"hard to read; try k <= {max(1, f // 16)}", stacklevel=2)
     if source.n_train < f:
         raise BadInputError(
             f"only {source.n_train} training samples for {f} features; an SAE needs more samples than "
@@ -155,7 +162,7 @@ def fit_sae(
     dead_after = int(dead_after if dead_after is not None else min(10_000_000, max(steps * batch_size // 20, batch_size)))
     if device is None:
         device = model.device if model is not None else (data.device if isinstance(data, torch.Tensor) else "cpu")
-    name = name or (f"topk{k}x{f // c}" if kind == "topk" else f"relux{f // c}")
+    name = name or sae_name(kind, f // c, k)
 
     common = dict(layer=layer, model=getattr(model, "name", None), name=name)
     sae = (TopKSAE(c, f, k, aux_k=aux_k, **common) if kind == "topk" else ReluSAE(c, f, l1_coef, **common))
@@ -189,7 +196,7 @@ def fit_sae(
         tail = int(decay * steps)
         return warm * (min(1.0, (steps - step) / tail) if tail else 1.0)
 
-    bar = _bar(steps, start, progress, f"fit-sae {layer}")
+    bar = progress_bar(steps, desc=f"fit-sae {layer}", unit="step", initial=start, enabled=progress)
     batches = source.batches(batch_size, seed=seed, start_step=start)
     log_every = max(1, steps // 200)
     for step in range(start, steps):
@@ -308,10 +315,6 @@ def _init_from_data(sae: SparseAutoencoder, x: torch.Tensor) -> None:
     sae.b_pre.copy_(geometric_median(sae.normalize(x)))
 
 
-def _settings_hash(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _load_checkpoint(out: Path, settings: dict) -> dict | None:
     """The checkpoint in ``out`` if it matches ``settings`` (checked before any tensor is read)."""
     path = out / CHECKPOINT
@@ -347,7 +350,7 @@ def _load_legacy_checkpoint(path: Path, settings: dict) -> dict | None:
 
 
 def _check_settings(path: Path, saved_hash, saved: dict | None, settings: dict) -> None:
-    if saved_hash != _settings_hash(settings):
+    if saved_hash != config_hash(settings):
         raise BadInputError(
             f"{path} belongs to a fit with different settings ({saved}); "
             "use another --out directory, or delete the checkpoint to start over"
@@ -388,7 +391,7 @@ def _save_checkpoint(out: Path, sae, opt, since_fired, history, step: int, setti
     out.mkdir(parents=True, exist_ok=True)
     tensors, rest = _flatten(sae, opt, since_fired)
     doc = {"step": step, "history": history, "settings": settings,
-           "settings_hash": _settings_hash(settings), **rest}
+           "settings_hash": config_hash(settings), **rest}
     tmp = out / (CHECKPOINT + ".tmp")
     save_file(tensors, tmp, metadata={"checkpoint": json.dumps(doc, default=str)})
     os.replace(tmp, out / CHECKPOINT)
@@ -407,7 +410,3 @@ def _rewrite_log(out: Path, history: list[dict]) -> None:
     (out / LOG).write_text("".join(json.dumps(row) + "\n" for row in history))
 
 
-def _bar(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, unit="step")
