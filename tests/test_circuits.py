@@ -158,6 +158,8 @@ def test_expanded_weights_equal_a_per_unit_autograd_reference_on_inceptionv1(inc
     try:
         ew = expanded_weights(inception, target, source, channels=channels)
         assert not ew.truncated
+        chunked = expanded_weights(inception, target, source, channels=channels, batch_size=3)
+        assert torch.equal(chunked.weights, ew.weights) and chunked.paths == ew.paths
         kh, kw = ew.weights.shape[-2:]
         r0, c0 = ew.origin
         for i, c in enumerate(channels):
