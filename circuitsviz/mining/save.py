@@ -156,10 +156,17 @@ def _write_layer(result: MiningResult, r: LayerResult, run, dataset, sae, model,
             uid, mean=float(stats["mean"][u]), max=float(stats["max"][u]),
             frac_positive=float(stats["frac_positive"][u]), hist_counts=r.hist_counts[u].tolist(),
             hist_edges=r.hist_edges[u].tolist(),
-            scores={key: _plain(stats[key][u]) for key in ("purity", "entropy", "concept_count")},
+            scores={**{key: _plain(stats[key][u]) for key in ("purity", "entropy", "concept_count")},
+                    "concept_means": _concept_means(r.label_sum[u], result.label_count, classes)},
             label_counts=labels,
         )
     return r.units
+
+
+def _concept_means(label_sum: np.ndarray, label_count: np.ndarray, classes) -> dict[str, float]:
+    """Mean image-level activation per label (what the concept count is computed from), for the viewer."""
+    return {(classes[lab] if classes and lab < len(classes) else str(lab)): float(label_sum[lab] / n)
+            for lab, n in enumerate(label_count[:len(label_sum)]) if n}
 
 
 def _store_rf(rf) -> tuple[float, float, float] | None:
