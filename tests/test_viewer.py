@@ -240,7 +240,8 @@ def test_sidebar_links_keep_the_current_unit(fake):
     assert side["Unit"]["unit"] == "mixed4e:5" and side["Compare"]["unit"] == "mixed4e:5"
     assert side["Layer"]["layer"] == "mixed4e"
     at = app(fake.path, "feature", unit="mixed4e/sae:1")
-    assert sidebar_links(at)["Feature"]["unit"] == "mixed4e/sae:1"
+    side = sidebar_links(at)
+    assert side["Feature"]["unit"] == "mixed4e/sae:1" and side["Compare"]["unit"] == fake.split_channel
 
 
 def test_an_unknown_unit_id_suggests_the_three_nearest(fake):

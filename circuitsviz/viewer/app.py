@@ -56,12 +56,13 @@ def sidebar(pages: dict) -> None:
     except Exception:  # an unparseable id in the URL: the page says so; the sidebar keeps going
         unit = None
     params = link_params(run)
+    channel = st.session_state.get("_last_channel")
     is_feature = bool(unit and "/" in unit)
     targets = {
         "layer": {"layer": layer} if layer else {},
         "unit": {"unit": unit, "layer": layer} if unit else {},
         "feature": {"unit": unit, "layer": layer} if is_feature else {},
-        "compare": {"unit": unit, "layer": layer} if unit and not is_feature else {},
+        "compare": {"unit": channel, "layer": layer} if channel else {},
     }
     for name, page in pages.items():
         st.sidebar.page_link(page, label=TITLES[name], icon=ICONS[name],

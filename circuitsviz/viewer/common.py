@@ -231,6 +231,8 @@ def set_url(run: str, **params) -> None:
         st.query_params.update(wanted)
     if params.get("unit"):
         st.session_state["_last_unit"] = str(params["unit"])
+        if "/" not in str(params["unit"]):
+            st.session_state["_last_channel"] = str(params["unit"])
         if params.get("layer"):
             st.session_state["_last_layer"] = str(params["layer"])
 

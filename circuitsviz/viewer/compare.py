@@ -46,6 +46,7 @@ def picker(run: str, current: str) -> None:
         return uid
 
     chosen = st.selectbox("Channel", options, index=options.index(current), format_func=label,
+                          label_visibility="collapsed",
                           help="Split channels first, then every other channel of the layer.")
     if chosen != current:
         go("compare", run, unit=chosen, layer=layer)
@@ -102,7 +103,7 @@ def render() -> None:
         link("unit", f"Open {view.unit.id}", run, unit=view.unit.id, layer=view.unit.layer)
         st.stop()
     model = get_run(run).info().model
-    top = st.columns([3, 2], vertical_alignment="bottom")
+    top = st.columns([3, 2], vertical_alignment="center")
     with top[0]:
         st.title(f"{view.unit.id} and its SAE features")
     with top[1]:
@@ -133,7 +134,7 @@ def render() -> None:
     with left:
         st.subheader(f"Channel {view.unit.id}")
         link("unit", "open its unit page", run, unit=view.unit.id, layer=view.unit.layer)
-        visualizations(run, view, model)
+        visualizations(run, view, model, missing=False)
         concept_chart(view)
         st.markdown("**Top examples**, tagged with the feature that explains most of each",
                     help="The coloured square is the split feature whose activation times decoder cosine is largest "

@@ -124,6 +124,8 @@ def render() -> None:
     page = "feature" if st.session_state.get("_page") == "feature" else "unit"
     view = current_unit(run, default_feature(run) if page == "feature" else default_unit(run), page)
     set_url(run, unit=view.unit.id, layer=view.unit.layer)
+    if view.split_from:  # the sidebar's Compare link opens the channel this feature came from
+        st.session_state["_last_channel"] = view.split_from[0][0].channel_id
     model = get_run(run).info().model
     style()
     header(run, view)

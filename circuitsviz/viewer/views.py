@@ -118,7 +118,7 @@ def example_cells(run: str, examples, mode: str, classes, width: int = 96, tags:
     return out
 
 
-def visualizations(run: str, view: UnitView, model: str | None, scale: int = 2) -> None:
+def visualizations(run: str, view: UnitView, model: str | None, scale: int = 2, missing: bool = True) -> None:
     """The unit's renders at ×``scale`` (click to enlarge); the missing kinds in one line."""
     by_kind: dict[str, list] = {}
     for v in view.vis:
@@ -134,12 +134,11 @@ def visualizations(run: str, view: UnitView, model: str | None, scale: int = 2) 
                               "(the unit's mean activation on the image)", width=min(v.width * scale, 160),
                               attrs=f'data-vis="{kind}"'))
     html(grid(cells, "cv-vis"))
-    if view.unit.kind == "channel":
-        missing = [k for k in ("neuron", "negative", "diversity") if k not in by_kind]
-        if missing:
-            with st.expander(f"Not rendered yet: {', '.join(missing)}"):
-                base = command("visualization", run, view.unit, model)
-                st.code("\n".join(f"{base} {VIS_FLAGS[k]}" for k in missing), language="bash")
+    absent = [k for k in ("neuron", "negative", "diversity") if k not in by_kind]
+    if missing and view.unit.kind == "channel" and absent:
+        with st.expander(f"Not rendered yet: {', '.join(absent)}"):
+            base = command("visualization", run, view.unit, model)
+            st.code("\n".join(f"{base} {VIS_FLAGS[k]}" for k in absent), language="bash")
 
 
 def top_examples(run: str, view: UnitView, model: str | None, key: str, limit: int | None = None,
