@@ -7,15 +7,13 @@ writes ``runs/demo``); otherwise the test runs the demo study first (a few minut
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
+from .test_serve import free_port, wait_healthy
 
 from circuitsviz.store import open_run
 from circuitsviz.store.synthetic import write_synthetic_run
@@ -31,30 +29,14 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve(path: Path, cache: Path):
-    """``circuitsviz serve PATH`` on a free port; yields the base URL, stops the server after."""
+    """``circuitsviz serve PATH`` on a free port; returns the base URL and the server process."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CIRCUITSVIZ_CACHE": str(cache)}
     proc = subprocess.Popen([sys.executable, "-m", "circuitsviz", "serve", str(path), "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(base + "/_stcore/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"the viewer did not start: {proc.stdout.read().decode(errors='replace')[-2000:]}")
-            time.sleep(0.5)
-    return base, proc
+    wait_healthy(proc, port)
+    return f"http://127.0.0.1:{port}", proc
 
 
 def stop(proc) -> None:
