@@ -92,6 +92,38 @@ def render_view(image: Image.Image, rf, y: int, x: int, mode: str, size: int,
     return view.resize((max(1, round(view.size[0] * scale)), max(1, round(view.size[1] * scale))), Image.BICUBIC)
 
 
+def default_mode(rf: tuple[float, float, float] | None, input_size: int | None) -> str:
+    """The view that shows an example best: its crop when the receptive field is a small part of
+    the image, else the heatmap over the whole image (a crop would be the image anyway).
+
+    >>> default_mode((91, 8, 4), 64), default_mode((40, 8, 4), 224)
+    ('overlay', 'crop')
+    """
+    return "overlay" if rf and input_size and rf[0] >= 0.75 * input_size else "crop"
+
+
+def prerender(run, unit_ids: list[str] | None = None, size: int = 128, cache_dir: Path | None = None) -> int:
+    """Draw every recorded example (top and quantile) of ``unit_ids`` (default: every unit that
+    has examples) in its default view, so the viewer's first look needs no drawing. Returns the
+    number of views drawn; ones already cached cost only a file check.
+
+    >>> prerender(open_run("runs/demo"))      # doctest: +SKIP
+    """
+    ctx = RenderContext.of(run)
+    drawn = 0
+    ids = unit_ids if unit_ids is not None else [u.id for u in run.units() if u.kind != "neuron"]
+    for uid in ids:
+        layer = uid.split("/")[0].split(":")[0]
+        mode = default_mode(ctx.rf.get(layer), ctx.input_size)
+        for e in [*run.examples(uid), *run.quantile_examples(uid)]:
+            try:
+                render_example(run, e, mode, size, cache_dir, ctx)
+                drawn += 1
+            except (OSError, KeyError, ValueError):  # an unreadable source image: the viewer says so
+                continue
+    return drawn
+
+
 def render_cache_dir() -> Path:
     """Where rendered example views are cached (outside every run directory)."""
     if os.environ.get("CIRCUITSVIZ_CACHE"):

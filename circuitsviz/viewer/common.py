@@ -128,6 +128,14 @@ def load_unit(path: str, revision: int, unit_id: str) -> UnitView:
         return view
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def unit_brief(path: str, revision: int, unit_id: str) -> tuple[str | None, Stats | None]:
+    """A unit's positive visualization (PNG path) and statistics: what a thumbnail needs."""
+    run = get_run(path)
+    vis = run.visualizations(unit_id, "positive")
+    return (str(vis[0].path) if vis else None), run.stats(unit_id)
+
+
 @st.cache_data(show_spinner=False)
 def unit_ids(path: str, revision: int) -> list[str]:
     return [u.id for u in get_run(path).units() if u.kind != "neuron"]

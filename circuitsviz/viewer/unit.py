@@ -11,7 +11,7 @@ import streamlit as st
 from . import evidence
 from .common import (
     UnitView, command, current_run, current_unit, esc, fmt, get_run, href, image_url, jump_box, link, load_layer,
-    load_unit, pct, placeholder, revision, set_url,
+    pct, placeholder, revision, set_url, unit_brief,
 )
 from .views import (
     HELP, PALETTE, cell, concept_chart, grid, histogram, html, metrics, range_rows, style, top_examples,
@@ -68,10 +68,9 @@ def split_features(run: str, view: UnitView) -> None:
     if view.split:
         cells = []
         for i, f in enumerate(view.split.features):
-            fv = load_unit(run, revision(run), f.unit_id)
-            thumb = next((v.path for v in fv.vis if v.kind == "positive"), None)
-            concept = evidence.dominant_concept(fv.stats) or ""
-            cap = f"#{fv.unit.index} {pct(f.share)} {concept}"
+            thumb, stats = unit_brief(run, revision(run), f.unit_id)
+            concept = evidence.dominant_concept(stats) or ""
+            cap = f"#{f.unit_id.rsplit(':', 1)[-1]} {pct(f.share)} {concept}"
             cells.append(cell(image_url(thumb) if thumb else None, cap,
                               f"{f.unit_id}: share {pct(f.share)}, cosine {fmt(f.cosine)}, concept {concept or '–'}",
                               width=84, link=href("feature", run, unit=f.unit_id, layer=view.unit.layer),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from . import evidence
-from .common import UnitView, command, esc, example_png, fmt, href, image_url, placeholder
+from .common import UnitView, command, esc, example_png, fmt, image_url, placeholder
 
 VIS_TITLES = {"positive": "positive", "negative": "negative", "neuron": "neuron", "diversity": "diversity"}
 VIS_FLAGS = {"neuron": "--neuron", "negative": "--negative", "diversity": "--diversity 1000"}
@@ -19,7 +19,6 @@ MODES = {"crop": "Crop", "full": "Full image", "overlay": "Heatmap"}
 # One colour per split feature (rank order); the rest of the channel in greys.
 PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
            "#9c755f", "#8cd17d", "#499894", "#d37295"]
-HIST_HEIGHT = 170
 REST, BIAS, ERROR = "#b8b8b8", "#8c8c8c", "#dcdcdc"
 
 HELP = {
@@ -67,6 +66,12 @@ CSS = """<style>
 .cv-thresh{position:absolute;top:-2px;bottom:-2px;border-left:2px dashed #333}
 .cv-share{display:flex;height:26px;border-radius:4px;overflow:hidden;border:1px solid #ccc}
 .cv-share div{height:100%}
+.cv-hplot{position:relative;display:flex;align-items:flex-end;gap:1px;height:140px;border-bottom:1px solid #999}
+.cv-hbar{flex:1;background:#4e79a7;min-height:1px}
+.cv-cut{position:absolute;top:0;bottom:0;border-left:2px dashed #e15759}
+.cv-hticks{position:relative;height:14px;font-size:10px;color:#666}
+.cv-hticks span{position:absolute;transform:translateX(-50%)}
+.cv-haxis{font-size:11px;color:#666;text-align:center}
 .cv-legend{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:12px;margin-top:4px}
 </style>"""
 
@@ -98,9 +103,9 @@ def label_of(e, classes) -> str | None:
 
 
 def default_mode(view: UnitView) -> str:
-    """Crops when the receptive field is a small part of the image; else the heatmap over the image."""
-    rf = view.layer.rf if view.layer else None
-    return "overlay" if rf and view.input_size and rf[0] >= 0.75 * view.input_size else "crop"
+    from ..store.render import default_mode as mode_for
+
+    return mode_for(view.layer.rf if view.layer else None, view.input_size)
 
 
 def example_cells(run: str, examples, mode: str, classes, width: int = 96, tags: dict | None = None,
@@ -185,32 +190,36 @@ def concept_chart(view: UnitView) -> int:
 
 
 def histogram(view: UnitView) -> None:
-    """Image-level activations on a log count axis, the zero fraction stated, the top-k cut-off marked."""
-    import altair as alt
-    import pandas as pd
+    """Image-level activations on a log count axis, the zero fraction stated, the top-k cut-off
+    marked. Drawn as HTML: no chart library to load, and each bar says its range and count."""
+    import math
 
     s = view.stats
     st.markdown("**Activation density**", help="Histogram of each image's maximum activation over positions, "
-                "log count axis. The first bin also holds the images where the unit never fires.")
+                "on a log count axis. The first bin also holds the images where the unit never fires.")
     if s is None or not s.hist_counts:
         st.caption("no histogram recorded")
         return
     edges, counts = s.hist_edges, s.hist_counts
-    last = max((i for i, c in enumerate(counts) if c > 0), default=0)
-    df = pd.DataFrame({"lo": edges[:last + 1], "hi": edges[1:last + 2], "count": counts[:last + 1]})
-    df = df[df["count"] > 0]
-    chart = alt.Chart(df).mark_bar(color="#4e79a7").encode(
-        x=alt.X("lo:Q", title="image-level activation", scale=alt.Scale(domain=[edges[0], edges[last + 1]], nice=False),
-                axis=alt.Axis(tickCount=6)),
-        x2="hi:Q", y=alt.Y("count:Q", scale=alt.Scale(type="log", domainMin=0.7), title="images (log)"),
-        y2=alt.value(HIST_HEIGHT),
-        tooltip=["lo", "hi", "count"])
+    last = max((i for i, c in enumerate(counts) if c > 0), default=0)  # the axis ends where the data does
+    lo, hi = edges[0], edges[last + 1]
+    top = math.log10(max(counts[:last + 1]) + 1) or 1.0
+    bars = []
+    for i in range(last + 1):
+        h = 100 * math.log10(counts[i] + 1) / top
+        bars.append(f'<div class="cv-hbar" data-lo="{edges[i]:.6g}" data-hi="{edges[i + 1]:.6g}" '
+                    f'data-count="{counts[i]:g}" title="{edges[i]:.3g}–{edges[i + 1]:.3g}: {counts[i]:g} images" '
+                    f'style="height:{h:.1f}%"></div>')
     cut = min((e.value for e in view.examples), default=None)
-    layers = [chart]
-    if cut is not None:
-        layers.append(alt.Chart(pd.DataFrame({"x": [cut], "what": [f"top-{len(view.examples)} cut-off {cut:.3g}"]}))
-                      .mark_rule(color="#e15759", strokeDash=[4, 3], size=2).encode(x="x:Q", tooltip=["what"]))
-    st.altair_chart(alt.layer(*layers).properties(height=HIST_HEIGHT), width="stretch")
+    marker = ""
+    if cut is not None and hi > lo:
+        x = 100 * min(max((cut - lo) / (hi - lo), 0), 1)
+        marker = (f'<div class="cv-cut" data-cut="{cut:.6g}" style="left:{x:.2f}%" '
+                  f'title="top-{len(view.examples)} cut-off {cut:.3g}"></div>')
+    ticks = "".join(f'<span style="left:{100 * k / 4:.0f}%">{lo + (hi - lo) * k / 4:.3g}</span>' for k in range(5))
+    html(f'<div class="cv-hist" data-scale="log"><div class="cv-hplot">{"".join(bars)}{marker}</div>'
+         f'<div class="cv-hticks">{ticks}</div><div class="cv-haxis">image-level activation · bar height: '
+         f'log(1 + images), tallest {max(counts):g}</div></div>')
     zeros = None if s.frac_positive is None else 1 - s.frac_positive
     notes = [f"zero at {zeros:.1%} of positions" if zeros is not None else "zero fraction not recorded"]
     if cut is not None:
