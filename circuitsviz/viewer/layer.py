@@ -66,7 +66,7 @@ def render() -> None:
         st.error(f"Unknown layer {asked!r} in this run; it has {', '.join(layers)}.")
         link("layer", f"Show {layers[0]}", run, layer=layers[0])
         st.stop()
-    controls = st.columns([2, 2, 2, 2, 3], vertical_alignment="bottom")
+    controls = st.columns([2, 3, 2, 3, 2], vertical_alignment="bottom")
     layer = controls[0].selectbox("Layer", layers, index=layers.index(asked) if asked else 0)
     view = load_layer(run, revision(run), layer)
     show = controls[1].segmented_control("Show", list(SHOW), format_func=SHOW.get,
@@ -115,7 +115,7 @@ def render() -> None:
         s = view.stats.get(u.id)
         concept = evidence.dominant_concept(s)
         split = u.index in view.split_channels if u.kind == "channel" else u.id in view.split_of
-        name = u.id if u.kind == "channel" else f"#{u.index}"
+        name = u.id if u.kind == "channel" else f"#{u.index}" + (f" {concept}" if concept else "")
         extra = f" {fmt(metric(s))}" if metric and s and metric(s) is not None else ""
         cap = f"{'✦ ' if split else ''}{name}{extra}"
         title = f"{u.id}" + (f" · {view.layer.branch_of(u.index)} branch" if u.kind == "channel" else "") + \

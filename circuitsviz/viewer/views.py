@@ -44,7 +44,7 @@ def html(block: str) -> None:
 
 
 CSS = """<style>
-[data-testid="stMainBlockContainer"]{padding-top:1.2rem;padding-bottom:2rem}
+[data-testid="stMainBlockContainer"]{padding-top:3.2rem;padding-bottom:2rem}
 [data-testid="stMain"] h1{font-size:1.9rem;padding:0.2rem 0}
 [data-testid="stMain"] h3{font-size:1.25rem;padding:0.3rem 0 0.1rem}
 .cv-grid{display:flex;flex-wrap:wrap;gap:6px}
