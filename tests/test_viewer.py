@@ -190,11 +190,26 @@ def test_compare_shows_every_split_feature_and_a_share_bar_summing_to_one(fake):
     assert concepts == [evidence.dominant_concept(run.stats(f.unit_id)) or "" for f in split.features]
 
 
+def test_share_bar_splits_the_rest_into_other_features_bias_and_error_when_recorded():
+    from types import SimpleNamespace
+
+    from circuitsviz.store import SplitFeature
+    from circuitsviz.viewer.views import share_parts
+
+    feats = [SplitFeature("l/s:3", 0.3, 0.9, 0.1), SplitFeature("l/s:1", 0.2, 0.8, 0.1)]
+    parts = {label: share for label, share, _ in share_parts(SimpleNamespace(features=feats))}
+    assert parts == pytest.approx({"l/s:3": 0.3, "l/s:1": 0.2, "rest, bias and error": 0.5})
+    recorded = SimpleNamespace(features=feats, explained=0.8, bias_share=0.15)
+    parts = {label: share for label, share, _ in share_parts(recorded)}
+    assert parts == pytest.approx({"l/s:3": 0.3, "l/s:1": 0.2, "other features": 0.3, "bias": 0.15, "error": 0.05})
+
+
 def test_compare_picker_lists_split_channels_first(fake):
     at = app(fake.path, "compare", unit="mixed4e:5")
     options = at.selectbox[0].options
     assert options[0].startswith(fake.split_channel) and "split" in options[0]
-    at.selectbox[0].set_value(at.selectbox[0].options[0]).run()
+    at.selectbox[0].set_value(options[0]).run()
+    assert [t.value for t in at.title] == [f"{fake.split_channel} and its SAE features"]
 
 
 def test_compare_tags_channel_examples_with_the_feature_that_writes_most_there(tmp_path):

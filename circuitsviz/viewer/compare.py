@@ -83,10 +83,11 @@ def feature_card(run: str, fv, f, colour: str, mode: str) -> None:
                missing="image missing" if thumb else "not rendered")
     head = (f'<div style="font-size:13px;margin-bottom:2px"><span class="cv-tag" style="background:{colour}"></span>'
             f'<a href="{esc(href("feature", run, unit=f.unit_id, layer=fv.unit.layer))}" target="_self">'
-            f'<b>{esc(f.unit_id)}</b></a> · share <b>{pct(f.share)}</b> · '
+            f'<b>{esc(f.unit_id)}</b></a> · <span title="{esc(HELP["share"])}">share <b>{pct(f.share)}</b></span> · '
             f'<span class="cv-concept" data-concept="{esc(concepts[0] if concepts else "")}"><b>'
             f'{esc(", ".join(concepts) or "no concept")}</b></span> · '
-            f'{cc if cc is not None else "–"} concept{"s" if cc != 1 else ""} · cosine {fmt(f.cosine)}</div>')
+            f'<span title="{esc(HELP["concepts"])}">{cc if cc is not None else "–"} concept{"s" if cc != 1 else ""}'
+            f'</span> · <span title="{esc(HELP["cosine"])}">cosine {fmt(f.cosine)}</span></div>')
     examples = example_cells(run, fv.examples, mode, fv.classes, width=52, limit=7)
     html(f'<div class="cv-fcard" data-feature="{esc(f.unit_id)}" style="border-left:4px solid {colour};'
          f'padding:2px 8px;margin:4px 0">{head}'
