@@ -366,3 +366,27 @@ def test_clearest_split_follows_its_rule(tmp_path):
     assert evidence.clearest_split(run).channel_id == "l:1"
     assert evidence.split_summary(run).splitlines()[0] == "l:0 -> car, cat, star"
     assert "l:1 -> ring, wheel" in evidence.split_summary(run)
+
+
+def test_mining_records_what_the_concept_chart_and_range_rows_show(tmp_path):
+    """Per-concept means are each label's mean image-level maximum (brute force), and quantile
+    examples carry their image's label."""
+    from circuitsviz.mining import mine, write_to_run
+
+    from .test_mining import BATCH, Images, brute_force, tiny_model
+
+    class Labelled(Images):  # datasets say an image's label without loading it (ConceptDataset, folders)
+        def label(self, i: int) -> int:
+            return int(self.labels[i])
+
+    model, data = tiny_model(), Labelled(n=30)
+    result = mine(model, data, "4", k=3, batch_size=BATCH, progress=False)
+    run = open_run(tmp_path / "run", create=True)
+    write_to_run(result, run, data, model=model)
+    _, peak, _, _ = brute_force(model, data, "4", 3)
+    labels = data.labels.numpy()
+    for u in range(peak.shape[1]):
+        means = run.stats(f"4:{u}").scores["concept_means"]
+        assert means == pytest.approx({f"c{c}": float(peak[labels == c, u].mean()) for c in range(3)}, rel=1e-5)
+        for q in run.quantile_examples(f"4:{u}"):
+            assert q.label == labels[int(q.image_id[3:])]

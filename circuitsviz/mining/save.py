@@ -146,7 +146,8 @@ def _write_layer(result: MiningResult, r: LayerResult, run, dataset, sae, model,
             run.put_examples(uid, _rows(dataset, r.mean_value[u], r.mean_index[u], r.mean_pos[u] // r.width,
                                         r.mean_pos[u] % r.width, r.mean_label[u]), kind="mean")
         run.put_quantile_examples(uid, [
-            dict(bin=g, image_id=_image_id(dataset, i), value=v, y=p // r.width, x=p % r.width)
+            dict(bin=g, image_id=_image_id(dataset, i), value=v, y=p // r.width, x=p % r.width,
+                 label=dataset.label(i) if hasattr(dataset, "label") else -1)
             for g, i, v, p in result.quantile_examples(name, u, quantile_groups)
         ])
         top = r.top_label[u][(r.top_label[u] >= 0) & (r.top_index[u] >= 0)]
