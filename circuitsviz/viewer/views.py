@@ -240,6 +240,7 @@ def range_rows(run: str, view: UnitView, tags: dict | None = None, per_row: int 
     mode = default_mode(view)
     rows = []
     for b in sorted(bins, reverse=True):
+        bins[b].sort(key=lambda q: -q.value)
         vals = [q.value for q in bins[b]]
         label = f"{min(vals):.3g}–{max(vals):.3g}"
         rows.append(f'<div class="cv-row" data-range="{esc(label)}"><div class="cv-rowlabel">{esc(label)}</div>'
