@@ -86,7 +86,13 @@ def test_sigterm_on_serve_stops_the_server(fake, tmp_path):
 def test_a_wheel_serves_the_viewer_from_a_fresh_venv(fake, tmp_path):
     """Build the wheel, install it alone into a new venv (its dependencies come from this
     interpreter's site-packages, no network), then serve from outside the source tree."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+    import shutil
+
+    # build from a copy: a build writes build/ and *.egg-info into the tree it builds
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "runs",
+                                                              "test-artifacts", "__pycache__", ".pytest_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path / "dist"), "-q"], check=True, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("circuitsviz-*.whl"))
     venv = tmp_path / "venv"

@@ -390,3 +390,15 @@ def test_mining_records_what_the_concept_chart_and_range_rows_show(tmp_path):
         assert means == pytest.approx({f"c{c}": float(peak[labels == c, u].mean()) for c in range(3)}, rel=1e-5)
         for q in run.quantile_examples(f"4:{u}"):
             assert q.label == labels[int(q.image_id[3:])]
+
+
+def test_the_demo_names_each_splits_concepts_and_points_at_the_clearest(fake, capsys):
+    from circuitsviz.cli.study import print_evidence
+
+    page = print_evidence(str(fake.path))
+    out = capsys.readouterr().out
+    run = open_run(fake.path)
+    assert page == f"compare?unit={evidence.clearest_split(run).channel_id}"
+    channel = run.stats(fake.split_channel)
+    assert f"{fake.split_channel} -> {', '.join(evidence.concepts(channel))}" in out
+    assert f"clearest split: {fake.split_channel}" in out
