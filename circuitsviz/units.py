@@ -2,11 +2,13 @@
 
 One id is used everywhere: the store, the CLI, the Python API and the viewer's URL.
 
-=====================  ===========================================
-``mixed4e:55``         channel 55 of mixed4e (spatial mean / max)
-``mixed4e:55@7,3``     the neuron of channel 55 at row 7, column 3
-``mixed4e/sae:17``     feature 17 of the SAE named ``sae`` on mixed4e
-=====================  ===========================================
+=========================  ================================================
+``mixed4e:55``             channel 55 of mixed4e (spatial mean / max)
+``mixed4e:55@7,3``         the neuron of channel 55 at row 7, column 3
+``mixed4e/topk8x_k32:17``  feature 17 of the SAE ``topk8x_k32`` on mixed4e
+=========================  ================================================
+
+SAE names default to :func:`sae_name` (``topk8x_k32``: 8 features per channel, k = 32).
 """
 
 from __future__ import annotations
@@ -63,6 +65,51 @@ class Unit:
             )
         pos = (int(m["y"]), int(m["x"])) if m["y"] is not None else None
         return cls(m["layer"], int(m["index"]), sae=m["sae"], pos=pos)
+
+
+def sae_name(kind: str = "topk", expansion: int = 8, k: int | None = 32) -> str:
+    """The one default name of an SAE, used by ``fit_sae``, ``study`` and the CLI alike.
+
+    >>> sae_name("topk", 8, 32), sae_name("relu", 4)
+    ('topk8x_k32', 'relu4x')
+    """
+    return f"topk{expansion}x_k{k}" if kind == "topk" else f"{kind}{expansion}x"
+
+
+def resolve_sae(unit: Unit | str, *, sae=None, run=None, model=None):
+    """The SAE a feature id such as ``mixed3b/topk8x_k1:17`` names: ``sae`` itself (checked against
+    the id), or the one the run ``run`` (a :class:`Run` or its path) recorded under that name."""
+    unit = Unit.parse(unit) if isinstance(unit, str) else unit
+    if unit.sae is None:
+        raise BadInputError(f"{unit.id} is not an SAE feature (those read 'layer/sae:index')")
+    if sae is not None:
+        if (sae.layer, sae.name) != (unit.layer, unit.sae):
+            raise BadInputError(f"{unit.id} names SAE {unit.layer}/{unit.sae}, but sae= is {sae.layer}/{sae.name}")
+        return sae
+    if run is None:
+        raise BadInputError(f"{unit.id} is an SAE feature: pass sae=THE_SAE or run=RUN (whose index knows it)")
+    from .sae import load_sae
+    from .store import Run, open_run
+
+    run = run if isinstance(run, Run) else open_run(run)
+    record = run.sae(unit.sae, unit.layer)
+    if not record.path:
+        raise BadInputError(f"the run records SAE {unit.layer}/{unit.sae} but not where its files are")
+    return load_sae(record.path, model=model, layer=unit.layer,
+                    device=getattr(model, "device", None))
+
+
+def feature_objective(unit: Unit | str, *, sae=None, run=None, model=None):
+    """The objective that renders an SAE feature: its decoder direction, named by the feature id,
+    so ``visualize`` results and ``run.add_visualizations`` know which unit they are.
+
+    >>> cv.visualize(model, cv.feature_objective("mixed3b/topk8x_k1:17", run="runs/demo"))  # doctest: +SKIP
+    """
+    from .optvis import direction
+
+    unit = Unit.parse(unit) if isinstance(unit, str) else unit
+    sae = resolve_sae(unit, sae=sae, run=run, model=model)
+    return direction(unit.layer, sae.decoder_direction(unit.index), name=unit.id)
 
 
 def parse_channels(spec: str | int | list[int] | range, total: int | None = None) -> list[int]:

@@ -20,7 +20,6 @@ error (pass ``restart=True`` to start afresh).
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,8 @@ import torch
 
 from ..data import as_dataset, iterate_batches
 from ..errors import BadInputError
+from ..hashing import config_hash as hash_config
+from ..progress import progress_bar
 from .receptive import receptive_fields
 from .result import LayerResult, MiningResult
 from .stats import bin_of, histogram_edges, update_bin_examples
@@ -310,7 +311,7 @@ def mine(
         "hist_range": list(hist_range) if hist_range else None, "calibration": calibration,
         "per_bin": per_bin, "transform": _describe(transform),
     }
-    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    config_hash = hash_config(config)
     indices = shard_indices(len(dataset), shard, batch_size)
     device = model.device
 
@@ -348,7 +349,7 @@ def mine(
             done=done, total=len(indices), skipped=list(skipped), classes=dataset.classes,
         )
 
-    bar = _progress(len(indices), done, progress)
+    bar = progress_bar(len(indices), desc="mining", unit="img", initial=done, enabled=progress)
     last_saved = done
     try:
         for batch in iterate_batches(dataset, indices[done:], batch_size=batch_size, num_workers=num_workers):
@@ -405,7 +406,3 @@ def _resume(checkpoint, config_hash: str, shard, restart: bool) -> MiningResult 
     return result
 
 
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="img", desc="mining", disable=not enabled, smoothing=0.1)

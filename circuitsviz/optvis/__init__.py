@@ -9,9 +9,10 @@
 from .objectives import Objective, channel, direction, diversity, neuron, objective
 from .param import ImageParam, fft_image, pixel_image
 from .render import VisResult, visualize
+from .sae_objectives import sae_feature
 from .transforms import StandardTransforms
 
 __all__ = [
     "visualize", "VisResult", "Objective", "channel", "neuron", "direction", "diversity", "objective",
-    "ImageParam", "fft_image", "pixel_image", "StandardTransforms",
+    "ImageParam", "fft_image", "pixel_image", "StandardTransforms", "sae_feature",
 ]

@@ -24,6 +24,9 @@ import numpy as np
 import torch
 
 from ..errors import BadInputError
+from ..hashing import config_hash
+from ..progress import progress_bar
+from ..store.blobs import atomic_write
 
 FORMAT_VERSION = 1
 SAMPLER_KINDS = ("all", "uniform", "per_image", "channel")
@@ -223,14 +226,8 @@ def cache_config(model, dataset, layer: str, sampler: Sampler, *, seed: int, dty
     }
 
 
-def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, default=str).encode())
 
 
 def build_cache(model, dataset, layer: str, sampler: Sampler = Sampler(), *, root: str | Path,
@@ -254,7 +251,7 @@ def build_cache(model, dataset, layer: str, sampler: Sampler = Sampler(), *, roo
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"config": config, "shards": [], "skipped": []}
     n_shards = -(-len(dataset) // images_per_shard)
     done = {s["index"] for s in meta["shards"]}
-    bar = _progress(n_shards, progress, f"caching {layer}", initial=len(done))
+    bar = progress_bar(n_shards, desc=f"caching {layer}", unit="shard", initial=len(done), enabled=progress)
     for si in range(n_shards):
         if si in done:
             continue
@@ -323,7 +320,3 @@ def open_cache(directory: str | Path, *, heldout: float = 0.05) -> SampleSource:
     return SampleSource(shards, heldout=heldout, meta=meta)
 
 
-def _progress(total: int, enabled: bool, desc: str, initial: int = 0):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, unit="shard")

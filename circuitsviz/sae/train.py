@@ -19,16 +19,19 @@ resumes from the checkpoint and gives the same SAE as an uninterrupted fit.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..errors import BadInputError, CircuitsvizError
+from ..hashing import config_hash
+from ..progress import progress_bar
+from ..units import sae_name
 from .cache import SampleSource, Sampler, build_cache, check_finite, open_cache
 from .io import save_sae
 from .metrics import evaluate
@@ -119,7 +122,8 @@ def fit_sae(
     ``sae.history`` (the training curve). ``model`` may be ``None`` when ``data`` already holds
     activation samples. Runs where the model (or the sample tensor) lives unless ``device`` says.
     ``batch_size`` is lowered to a quarter of the training samples for small data; ``steps``
-    defaults to about ten passes over the samples (500 to 20000 steps).
+    defaults to about ten passes over the samples (500 to 20000 steps). Activation samples of images
+    are cached under ``cache_root`` (default ``~/.cache/circuitsviz/activations``) and reused.
     """
     source = resolve_samples(model, data, layer, sampler=sampler, seed=seed, n_images=n_images,
                              cache_root=cache_root, dtype=dtype, heldout=heldout, progress=progress)
@@ -129,6 +133,9 @@ def fit_sae(
         if model.channels(layer) != c:
             raise BadInputError(f"samples have {c} channels but {model.name}:{layer} has {model.channels(layer)}")
     f = int(n_latents or expansion * c)
+    if kind == "topk" and k > f // 4:
+        warnings.warn(f"k={k} active of {f} features: so large a share makes a dense SAE whose features are "
+                      f"hard to read; try k <= {max(1, f // 16)}", stacklevel=2)
     if kind not in ("topk", "relu"):
         raise BadInputError(f"unknown SAE kind {kind!r}; valid: topk, relu")
     if source.n_train < f:
@@ -142,7 +149,7 @@ def fit_sae(
     dead_after = int(dead_after or min(10_000_000, max(steps * batch_size // 20, batch_size)))
     if device is None:
         device = model.device if model is not None else (data.device if isinstance(data, torch.Tensor) else "cpu")
-    name = name or (f"topk{k}x{f // c}" if kind == "topk" else f"relux{f // c}")
+    name = name or sae_name(kind, f // c, k)
 
     common = dict(layer=layer, model=getattr(model, "name", None), name=name)
     sae = (TopKSAE(c, f, k, aux_k=aux_k, **common) if kind == "topk" else ReluSAE(c, f, l1_coef, **common))
@@ -176,7 +183,7 @@ def fit_sae(
         tail = int(decay * steps)
         return warm * (min(1.0, (steps - step) / tail) if tail else 1.0)
 
-    bar = _bar(steps, start, progress, f"fit-sae {layer}")
+    bar = progress_bar(steps, desc=f"fit-sae {layer}", unit="step", initial=start, enabled=progress)
     batches = source.batches(batch_size, seed=seed, start_step=start)
     log_every = max(1, steps // 200)
     for step in range(start, steps):
@@ -240,16 +247,12 @@ def _init_from_data(sae: SparseAutoencoder, x: torch.Tensor) -> None:
     sae.b_pre.copy_(geometric_median(sae.normalize(x)))
 
 
-def _settings_hash(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _load_checkpoint(out: Path, settings: dict) -> dict | None:
     path = out / CHECKPOINT
     if not path.exists():
         return None
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("settings_hash") != _settings_hash(settings):
+    if state.get("settings_hash") != config_hash(settings):
         raise BadInputError(
             f"{path} belongs to a fit with different settings ({state.get('settings')}); "
             "use another --out directory, or delete the checkpoint to start over"
@@ -262,7 +265,7 @@ def _save_checkpoint(out: Path, sae, opt, since_fired, history, step: int, setti
     tmp = out / (CHECKPOINT + ".tmp")
     torch.save({"sae": sae.state_dict(), "opt": opt.state_dict(), "since_fired": since_fired.cpu(),
                 "history": history, "step": step, "settings": settings,
-                "settings_hash": _settings_hash(settings)}, tmp)
+                "settings_hash": config_hash(settings)}, tmp)
     os.replace(tmp, out / CHECKPOINT)
 
 
@@ -278,7 +281,3 @@ def _rewrite_log(out: Path, history: list[dict]) -> None:
     (out / LOG).write_text("".join(json.dumps(row) + "\n" for row in history))
 
 
-def _bar(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, unit="step")

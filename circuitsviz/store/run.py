@@ -14,6 +14,7 @@ most an unreferenced PNG behind. Group several puts into one transaction with ``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import sqlite3
@@ -29,9 +30,11 @@ from ..units import Unit
 from .blobs import BlobStore
 from .records import (
     Example, Feature, LayerRecord, QuantileExample, RunInfo, SAERecord, Split, SplitFeature, Stats,
-    UnitRecord, Visualization,
+    StepRecord, UnitRecord, Visualization,
 )
+from .publish import Publishing
 from .schema import ensure_schema
+from .steps import changed_error, settings_diff, to_json
 
 INDEX_NAME = "index.sqlite"
 VIS_KINDS = ("positive", "negative", "diversity", "neuron")
@@ -46,19 +49,6 @@ def open_run(path: str | Path, create: bool = False) -> "Run":
     ['mixed4e:0', 'mixed4e:1']
     """
     return Run(path, create=create)
-
-
-def _json(value) -> str:
-    def plain(o):
-        if hasattr(o, "tolist"):  # numpy arrays and scalars, torch tensors
-            return o.tolist()
-        if isinstance(o, (set, tuple)):
-            return list(o)
-        if isinstance(o, Path):
-            return str(o)
-        raise TypeError(f"cannot store {type(o).__name__} as JSON")
-
-    return json.dumps(value, default=plain, sort_keys=True)
 
 
 def _opt_float(v) -> float | None:
@@ -80,11 +70,16 @@ def _actmap_array(blob: bytes | None) -> np.ndarray | None:
     return None if blob is None else np.load(io.BytesIO(blob), allow_pickle=False).astype(np.float32)
 
 
-class Run:
-    """A run directory: ``index.sqlite`` (WAL) plus ``images/`` (content-addressed PNGs) and
-    ``cache/`` (rendered example crops). See ``circuitsviz/store/SPEC.md``.
+class Run(Publishing):
+    """A run directory: ``index.sqlite`` (WAL) plus ``images/`` (content-addressed PNGs),
+    ``cache/`` (rendered example crops), ``saes/``, ``activations/`` and ``mining/`` (work files).
+    See ``circuitsviz/store/SPEC.md``.
 
-    One ``Run`` may be shared between threads (the viewer does); calls are serialised by a lock.
+    Results go in through the publishing API (``add_visualizations``, ``add_mining``,
+    ``add_sae``, ``add_split``; see :class:`~circuitsviz.store.publish.Publishing`), which checks
+    each step's settings against what the run already holds. The ``put_*`` methods below are
+    the raw rows they write. One ``Run`` may be shared between threads (the viewer does); calls
+    are serialised by a lock.
     """
 
     def __init__(self, path: str | Path, create: bool = False) -> None:
@@ -184,7 +179,7 @@ class Run:
     def _set_meta(self, **values) -> None:
         with self.batch():
             for k, v in values.items():
-                self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, _json(v)))
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, to_json(v)))
 
     def set_info(self, model: str | None = None, weights_sha256: str | None = None,
                  input_size: int | None = None, settings: dict | None = None) -> None:
@@ -207,10 +202,13 @@ class Run:
         rf = None if rf is None else tuple(float(v) for v in rf)
         if rf is not None and len(rf) != 3:
             raise BadInputError(f"rf must be (size, stride, offset), got {rf!r}")
-        with self.batch():
+        with self.batch():  # a writer that does not know the receptive field keeps the recorded one
             self._conn.execute(
-                "INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, int(channels), height, width, _json(br), *(rf or (None, None, None))),
+                "INSERT INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "channels = excluded.channels, height = excluded.height, width = excluded.width, "
+                "branches = excluded.branches, rf_size = coalesce(excluded.rf_size, rf_size), "
+                "rf_stride = coalesce(excluded.rf_stride, rf_stride), rf_offset = coalesce(excluded.rf_offset, rf_offset)",
+                (name, int(channels), height, width, to_json(br), *(rf or (None, None, None))),
             )
 
     def add_units(self, units: Iterable[dict | str | Unit]) -> None:
@@ -245,7 +243,7 @@ class Run:
             uid = self._add_unit(unit_id)
             self._conn.execute(
                 "INSERT OR REPLACE INTO visualizations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (uid, kind, int(index), sha, h, w, _opt_float(objective), _json(settings or {})),
+                (uid, kind, int(index), sha, h, w, _opt_float(objective), to_json(settings or {})),
             )
         return self.blobs.path(sha)
 
@@ -291,17 +289,22 @@ class Run:
             uid = self._add_unit(unit_id)
             self._conn.execute(
                 "INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (uid, _opt_float(mean), _opt_float(max), _opt_float(frac_positive), _json(counts),
-                 _json(edges), _json(scores or {}), _json(labels)),
+                (uid, _opt_float(mean), _opt_float(max), _opt_float(frac_positive), to_json(counts),
+                 to_json(edges), to_json(scores or {}), to_json(labels)),
             )
 
     def put_sae(self, name: str, layer: str, config: dict | None = None, metrics: dict | None = None,
                 path: str | Path | None = None) -> None:
-        """Record an SAE trained on ``layer``: its config, metrics (FVU, L0, ...) and saved files."""
+        """Record an SAE trained on ``layer``: its config, metrics (FVU, L0, ...) and saved files
+        (a path relative to the run when it lies inside it, so a moved run still finds them)."""
+        if path is not None:
+            path = Path(path)
+            with contextlib.suppress(ValueError):
+                path = path.resolve().relative_to(self.path.resolve())
         with self.batch():
             self._conn.execute(
                 "INSERT OR REPLACE INTO saes VALUES (?, ?, ?, ?, ?)",
-                (name, layer, _json(config or {}), _json(metrics or {}), None if path is None else str(path)),
+                (name, layer, to_json(config or {}), to_json(metrics or {}), None if path is None else str(path)),
             )
 
     def put_feature(self, unit_id: str, sae: str | None = None, decoder_top: Iterable = (),
@@ -316,7 +319,7 @@ class Run:
             uid = self._add_unit(unit)
             self._conn.execute(
                 "INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?)",
-                (uid, unit.sae, _json(top), _opt_float(freq), _opt_float(mean_act)),
+                (uid, unit.sae, to_json(top), _opt_float(freq), _opt_float(mean_act)),
             )
             self._conn.execute("DELETE FROM feature_writes WHERE unit_id = ?", (uid,))
             self._conn.executemany("INSERT OR REPLACE INTO feature_writes VALUES (?, ?, ?, ?)",
@@ -337,13 +340,82 @@ class Run:
                      _opt_float(f.get("cosine")), _opt_float(f.get("freq"))),
                 )
 
-    def mark_done(self, step: str, key: str) -> None:
-        """Note that ``step`` finished for ``key``, so a re-run of the pipeline can skip it."""
+    # ---------------------------------------------------------------- steps and their settings
+    def step(self, step: str, key: str) -> StepRecord | None:
+        """The record of ``step`` for ``key`` (its settings, and whether it finished), or None."""
+        rows = self._rows("SELECT step, key, at, settings, complete FROM done WHERE step = ? AND key = ?",
+                          (step, str(key)))
+        if not rows:
+            return None
+        step, key, at, settings, complete = rows[0]
+        return StepRecord(step, key, at, None if settings is None else json.loads(settings), bool(complete))
+
+    def steps(self, step: str | None = None) -> list[StepRecord]:
+        """Every step record (optionally of one step), in the order they were first written."""
+        sql, args = ("SELECT step, key FROM done WHERE step = ?", (step,)) if step else ("SELECT step, key FROM done", ())
+        return [self.step(s, k) for s, k in self._rows(sql + " ORDER BY rowid", args)]
+
+    def check_step(self, step: str, key: str, settings: dict, *, overwrite: bool = False,
+                   what: str | None = None) -> bool:
+        """True when ``step`` for ``key`` finished with exactly ``settings`` (reuse it); False when
+        it is still to do (new, begun, or ``overwrite``). Other recorded settings raise
+        :class:`SettingsChangedError` naming the changed ones: call this before any work."""
+        rec = self.step(step, key)
+        if rec is None:
+            return False
+        diff = settings_diff(rec.settings, settings)
+        if not diff:
+            return rec.complete
+        if overwrite:
+            return False
+        raise changed_error(what or f"step {step!r} of {key}", repr(str(self.path)), diff)
+
+    def begin_step(self, step: str, key: str, settings: dict | None = None) -> None:
+        """Record that ``step`` for ``key`` started with ``settings`` (a later call with others is refused)."""
+        self._put_step(step, key, settings, complete=False)
+
+    def mark_done(self, step: str, key: str, settings: dict | None = None) -> None:
+        """Record that ``step`` finished for ``key`` (with ``settings``; default: those it began with)."""
+        if settings is None:
+            rec = self.step(step, key)
+            settings = rec.settings if rec is not None else {}
+        self._put_step(step, key, settings, complete=True)
+
+    def _put_step(self, step: str, key: str, settings: dict | None, complete: bool) -> None:
         with self.batch():
-            self._conn.execute("INSERT OR REPLACE INTO done VALUES (?, ?, ?)", (step, str(key), time.time()))
+            self._conn.execute("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?)",
+                               (step, str(key), time.time(), to_json(settings or {}), int(complete)))
 
     def is_done(self, step: str, key: str) -> bool:
-        return bool(self._rows("SELECT 1 FROM done WHERE step = ? AND key = ?", (step, str(key))))
+        rec = self.step(step, key)
+        return rec is not None and rec.complete
+
+    def forget_steps(self, step: str, prefix: str = "") -> None:
+        """Drop the records of ``step`` whose key starts with ``prefix`` (their results are being replaced)."""
+        with self.batch():
+            self._conn.execute("DELETE FROM done WHERE step = ? AND substr(key, 1, ?) = ?", (step, len(prefix), prefix))
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold the run's lock ``name`` (e.g. one SAE, one mining job) across processes: a second
+        writer waits here until the first is done, then finds its result."""
+        path = self.path / "locks" / (hashlib.sha256(name.encode()).hexdigest()[:16] + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; one writer per run is the rule there
+            yield
+            return
+        with open(path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(name)
+                f.flush()
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     # ---------------------------------------------------------------- read API
     def _meta(self) -> dict:
@@ -430,20 +502,27 @@ class Run:
         rows = self._rows("SELECT s.* FROM stats s JOIN units u ON u.id = s.unit_id WHERE u.layer = ?", (layer,))
         return {r[0]: self._stats(r) for r in rows}
 
-    @staticmethod
-    def _sae(row) -> SAERecord:
+    def _sae(self, row) -> SAERecord:
         name, layer, config, metrics, path = row
+        if path is not None and not Path(path).is_absolute():
+            path = str(self.path / path)
         return SAERecord(name, layer, json.loads(config), json.loads(metrics), path)
 
     def saes(self, layer: str | None = None) -> list[SAERecord]:
         sql, args = ("SELECT * FROM saes WHERE layer = ?", (layer,)) if layer else ("SELECT * FROM saes", ())
         return [self._sae(r) for r in self._rows(sql + " ORDER BY rowid", args)]
 
-    def sae(self, name: str) -> SAERecord:
-        rows = self._rows("SELECT * FROM saes WHERE name = ?", (name,))
-        if not rows:
-            raise UnknownNameError("SAE", name, [s.name for s in self.saes()])
-        return self._sae(rows[0])
+    def sae(self, name: str, layer: str | None = None) -> SAERecord:
+        """The SAE called ``name`` (``layer/name`` or ``layer=`` picks one of several layers')."""
+        if layer is None and "/" in name:
+            layer, name = name.split("/", 1)
+        found = [s for s in self.saes(layer) if s.name == name]
+        if len(found) > 1:
+            raise BadInputError(f"SAE {name!r} exists on layers {', '.join(s.layer for s in found)}; "
+                                f"name one as LAYER/{name}")
+        if not found:
+            raise UnknownNameError("SAE", name, [f"{s.layer}/{s.name}" for s in self.saes()])
+        return found[0]
 
     @staticmethod
     def _feature(row) -> Feature:
@@ -477,8 +556,17 @@ class Run:
             groups.setdefault((lay, ch, sae), []).append(SplitFeature(uid, share, cos, freq))
         return [Split(lay, ch, sae, feats) for (lay, ch, sae), feats in groups.items()]
 
-    def split(self, layer: str, channel: int, sae: str | None = None) -> Split | None:
-        """The split of ``layer:channel`` (by ``sae``, or by the first SAE that split it)."""
+    def split(self, layer: str, channel: int | None = None, sae: str | None = None) -> Split | None:
+        """The split of a channel (by ``sae``, or by the first SAE that split it), or None.
+
+        >>> run.split("mixed4e:55", sae="topk8x_k32")      # doctest: +SKIP
+        >>> run.split("mixed4e", 55)                        # the same  # doctest: +SKIP
+        """
+        if channel is None:
+            unit = Unit.parse(layer)
+            if unit.kind != "channel":
+                raise BadInputError(f"a split is of a channel such as 'mixed4e:55', not {layer!r}")
+            layer, channel = unit.layer, unit.index
         found = [s for s in self.splits(layer) if s.channel == int(channel) and (sae is None or s.sae == sae)]
         return found[0] if found else None
 
