@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,11 +99,13 @@ def render_pool(n: int, seed: int, size: int = INPUT_SIZE) -> tuple[torch.Tensor
 
 
 def train(steps: int = 800, seed: int = 0, *, batch_size: int = 64, pool: int = 12_000, lr: float = 5e-3,
-          log_every: int = 10, progress: bool = False) -> tuple[VisionModel, TrainMetrics]:
+          log_every: int = 10, progress: bool = False,
+          build: Callable[[int], VisionModel] | None = None) -> tuple[VisionModel, TrainMetrics]:
     """Train a demo model from scratch; return it (eval mode) and its loss curve.
 
     Batches cycle through a pool of ``pool`` images of ``ConceptDataset(seed=seed)``, reshuffled
     each pass by a generator seeded with ``seed``. Adam with a one-cycle learning rate schedule.
+    ``build(seed)`` makes the untrained model (default :func:`build_model`; the judge passes its own).
     """
     if seed == HELDOUT_SEED:
         raise BadInputError(f"seed {seed} is the held-out seed; train with any other")
@@ -110,7 +113,7 @@ def train(steps: int = 800, seed: int = 0, *, batch_size: int = 64, pool: int = 
         raise BadInputError(f"need steps >= 1 and pool >= batch_size, got steps={steps}, pool={pool}")
     start = time.perf_counter()
     images, labels = render_pool(pool, seed)
-    model = build_model(seed).train()
+    model = (build or build_model)(seed).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)

@@ -12,10 +12,10 @@ from .grid import save_grid
 from .objectives import Objective, channel, class_logit, direction, diversity, neuron, objective
 from .param import ImageParam, fft_image, pixel_image
 from .render import VisResult, visualize
+from .sae_objectives import sae_feature
 from .transforms import StandardTransforms
 
 __all__ = [
     "visualize", "VisResult", "Objective", "channel", "neuron", "direction", "class_logit", "diversity", "objective",
-    "save_grid",
-    "ImageParam", "fft_image", "pixel_image", "StandardTransforms",
+    "save_grid", "ImageParam", "fft_image", "pixel_image", "StandardTransforms", "sae_feature",
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int, check_list, check_path
 
 CAPTION_HEIGHT = 14  # pixels under each tile; PIL's default bitmap font is 11 px tall
 GAP = 4              # pixels between cells and around the sheet
@@ -32,16 +32,18 @@ def save_grid(results: Sequence, path: str | Path, *, columns: int | None = None
 
     Each cell is the image at its own size, unscaled, with its unit id underneath (and ``#i``
     when a unit has several images, as with ``diversity``). ``columns`` defaults to a near-square
-    grid. Returns the path written.
+    grid (never more columns than results). Returns the path written.
     """
     from PIL import Image, ImageDraw
 
-    results = list(results)
+    from .render import VisResult
+
+    results = check_list("results", results, VisResult)
     if not results:
         raise BadInputError("save_grid needs at least one result")
-    if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
-        raise BadInputError(f"columns must be a positive integer, got {columns!r}")
-    cols = columns or math.ceil(math.sqrt(len(results)))
+    path = Path(check_path("path", path))
+    columns = check_int("columns", columns, 1, optional=True)
+    cols = min(columns or math.ceil(math.sqrt(len(results))), len(results))
     rows = math.ceil(len(results) / cols)
     per_unit = Counter(r.unit for r in results)
     captions = [caption(r, per_unit[r.unit] > 1) for r in results]
@@ -60,8 +62,10 @@ def save_grid(results: Sequence, path: str | Path, *, columns: int | None = None
 
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
-    path = Path(path)
-    atomic_write(path, buf.getvalue())
+    try:
+        atomic_write(path, buf.getvalue())
+    except OSError as e:
+        raise BadInputError(f"cannot write the grid to {str(path)!r}: {e.strerror or e}") from None
     return path
 
 

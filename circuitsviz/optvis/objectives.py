@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int
 
 Acts = Mapping[str, torch.Tensor]
 
@@ -219,6 +219,7 @@ def _with_batch(obj: Objective, batch: int | slice | None) -> Objective:
 def channel(layer: str, c: int, batch: int | slice | None = None) -> Objective:
     """Mean activation of channel ``c`` of ``layer`` over all positions (the value itself on a
     ``B x C`` layer)."""
+    check_int("channel", c, 0)
     return _with_batch(LinearObjective(layer, c, None, None, 1.0, f"channel({layer}:{c})",
                                        [_check_channel(layer, c)], unit=f"{layer}:{c}"), batch)
 
@@ -231,6 +232,7 @@ def neuron(layer: str, c: int, x: int | None = None, y: int | None = None,
     indexes its NHWC tensor as ``[:, x, y]``, so its ``x`` is the row: Lucid's ``neuron(l, c, x=a, y=b)``
     is ``neuron(l, c, x=b, y=a)`` here. On a ``B x C`` layer, leave both unset.
     """
+    check_int("channel", c, 0), check_int("x", x, 0, optional=True), check_int("y", y, 0, optional=True)
     where = f"@{'c' if y is None else y},{'c' if x is None else x}"
     unit = f"{layer}:{c}@{y},{x}" if x is not None and y is not None else None
     return _with_batch(LinearObjective(layer, c, None, (y, x), 1.0, f"neuron({layer}:{c}{where})",
@@ -252,6 +254,7 @@ def class_logit(layer: str, label: int | str, *, labels: Sequence[str] | None = 
         if label not in labels:
             raise BadInputError(f"unknown class {label!r}; valid: {', '.join(map(str, labels))}")
         label = list(labels).index(label)
+    check_int("label", label, 0)
     return _with_batch(LinearObjective(layer, label, None, None, 1.0, f"class_logit({layer}:{label})",
                                        [_check_channel(layer, label)], unit=f"{layer}:{label}"), batch)
 
@@ -262,8 +265,11 @@ def direction(layer: str, vector, batch: int | slice | None = None, *, name: str
     Lucid's ``direction`` with its default ``cossim_pow=0``; this is how SAE features are rendered
     (``vector`` = the feature's decoder row). Lucent uses the cosine instead.
     """
-    v = torch.as_tensor(np.asarray(vector.detach().cpu() if isinstance(vector, torch.Tensor) else vector,
-                                   dtype=np.float32))
+    try:
+        v = torch.as_tensor(np.asarray(vector.detach().cpu() if isinstance(vector, torch.Tensor) else vector,
+                                       dtype=np.float32))
+    except (TypeError, ValueError):
+        raise BadInputError(f"direction vector must be numbers, one per channel, got {type(vector).__name__}") from None
     if v.dim() != 1:
         raise BadInputError(f"direction vector must be 1-D (one weight per channel), got shape {tuple(v.shape)}")
     if not torch.isfinite(v).all():
