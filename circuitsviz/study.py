@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import as_dataset
-from .errors import BadInputError
+from .errors import BadInputError, check_list, check_path
 from .models import VisionModel, load_model
 from .units import Unit, sae_name
 
@@ -266,6 +266,9 @@ def study(
     """
     from .store import open_run
 
+    check_path("out", out)
+    for name, value, item in (("layers", layers, str), ("channels", channels, int), ("vis_channels", vis_channels, int)):
+        check_list(name, value, item, optional=True)
     t0 = time.time()
     settings = settings or StudySettings()
     if isinstance(model, str):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import BadInputError
+from .errors import BadInputError, check_int
 
 _UNIT_RE = re.compile(
     r"^(?P<layer>[A-Za-z0-9_.\-]+?)(?:/(?P<sae>[A-Za-z0-9_.\-]+))?:(?P<index>\d+)"
@@ -112,16 +112,24 @@ def feature_objective(unit: Unit | str, *, sae=None, run=None, model=None):
     return direction(unit.layer, sae.decoder_direction(unit.index), name=unit.id)
 
 
+MAX_CHANNELS = 1 << 20  # bound on a range when the layer's width is not given
+
+
 def parse_channels(spec: str | int | list[int] | range, total: int | None = None) -> list[int]:
     """Parse ``"55,56,60-70"`` (inclusive ranges) or ``"*"`` into a sorted list of channels.
 
     >>> parse_channels("1,3-5")
     [1, 3, 4, 5]
     """
-    if isinstance(spec, int):
+    check_int("total", total, 0, optional=True)
+    limit = total if total is not None else MAX_CHANNELS
+    if isinstance(spec, int) and not isinstance(spec, bool):
         return [spec]
     if not isinstance(spec, str):
-        return sorted(set(int(c) for c in spec))
+        try:
+            return sorted(set(check_int("channel", c, 0) for c in spec))
+        except TypeError:
+            raise BadInputError(f"channels must be a spec like '55,60-70', an int or a list of ints, got {spec!r}") from None
     spec = spec.strip()
     if spec in ("*", "all", ""):
         if total is None:
@@ -131,16 +139,15 @@ def parse_channels(spec: str | int | list[int] | range, total: int | None = None
     for part in spec.split(","):
         part = part.strip()
         try:
-            if "-" in part:
-                a, b = (int(p) for p in part.split("-", 1))
-                if b < a:
-                    raise ValueError
-                out.update(range(a, b + 1))
-            else:
-                out.add(int(part))
+            a, b = (int(p) for p in part.split("-", 1)) if "-" in part else (int(part),) * 2
+            if b < a:
+                raise ValueError
         except ValueError:
             raise BadInputError(
                 f"bad channel spec {part!r} in {spec!r}; use comma-separated indices and "
                 "inclusive ranges such as '55,56,60-70', or '*' for all"
             ) from None
+        if b >= limit:  # checked before the range is built: '0-100000000' must not fill memory
+            raise BadInputError(f"channel {b} in {spec!r} is out of range (valid: 0..{limit - 1})")
+        out.update(range(a, b + 1))
     return sorted(out)

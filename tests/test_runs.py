@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from circuitsviz.errors import BadInputError
-from circuitsviz.store import SettingsChangedError, open_run
+from circuitsviz.store import SettingsChangedError, StoreVersionError, open_run
 from circuitsviz.study import StudySettings, study
 
 # Tiny on purpose: these tests check bookkeeping, not science.
@@ -177,7 +177,9 @@ def test_a_schema_1_run_is_upgraded_in_place(tmp_path):
     conn.execute("INSERT INTO done VALUES ('vis', 'mixed3b:0', 1.0)")
     conn.commit()
     conn.close()
-    run = open_run(tmp_path / "old")
+    with pytest.raises(StoreVersionError, match="older store schema 1"):  # a reader changes nothing
+        open_run(tmp_path / "old")
+    run = open_run(tmp_path / "old", writable=True)
     assert run._rows("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 2
     assert [(s.layer, s.name) for s in run.saes()] == [("mixed3b", "sae")]
     rec = run.step("vis", "mixed3b:0")

@@ -14,7 +14,7 @@ from ..errors import CircuitsvizError
 from ..runtime import retain_freed_memory
 
 # Order is the order `circuitsviz --help` lists them in.
-SUBCOMMANDS = ["layers", "visualize", "mine", "merge", "sae", "circuit", "serve", "data", "study"]
+SUBCOMMANDS = ["layers", "visualize", "mine", "merge", "sae", "circuit", "serve", "data", "study", "verify"]
 
 EPILOG = """\
 typical session:

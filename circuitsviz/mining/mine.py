@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..data import as_dataset, iterate_batches
-from ..errors import BadInputError
+from ..errors import BadInputError, check_float, check_int
 from ..hashing import config_hash as hash_config
 from ..progress import progress_bar
 from .receptive import receptive_fields
@@ -295,6 +295,9 @@ def mine(
     >>> result = mine(model, "~/imagenet/val", ["mixed3b", "mixed4e"], k=32)     # doctest: +SKIP
     >>> result.layers["mixed4e"].top_index[55]                                    # doctest: +SKIP
     """
+    _check_mine_args(model, layers, checkpoint, shard, k=k, batch_size=batch_size, num_workers=num_workers,
+                     checkpoint_every=checkpoint_every, hist_bins=hist_bins, hist_range=hist_range,
+                     calibration=calibration, per_bin=per_bin)
     layers = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
     if not layers:
         raise BadInputError("give at least one layer to mine")
@@ -382,6 +385,31 @@ def mine(
     if checkpoint is not None:
         result.save(checkpoint)
     return result
+
+
+def _check_mine_args(model, layers, checkpoint, shard, *, k, batch_size, num_workers, checkpoint_every, hist_bins,
+                     hist_range, calibration, per_bin) -> None:
+    if not callable(getattr(model, "activations", None)):
+        raise BadInputError(f"model must be a VisionModel (load_model or wrap_model), got {type(model).__name__}")
+    if not (isinstance(layers, str) or (isinstance(layers, (list, tuple)) and all(isinstance(n, str) for n in layers))):
+        raise BadInputError(f"layers must be a layer name or a list of names, got {layers!r}")
+    if shard is not None and not (isinstance(shard, (tuple, list)) and len(shard) == 2):
+        raise BadInputError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+    if checkpoint is not None and (not isinstance(checkpoint, (str, Path)) or Path(checkpoint).is_dir()):
+        raise BadInputError(f"checkpoint must be a file path, got {checkpoint!r}")
+    check_int("k", k, 1, 1 << 20)
+    check_int("batch_size", batch_size, 1, 1 << 16)
+    check_int("num_workers", num_workers, 0, 256)
+    check_int("checkpoint_every", checkpoint_every, 1)
+    check_int("hist_bins", hist_bins, 1, 1 << 16)
+    check_int("calibration", calibration, 0)
+    check_int("per_bin", per_bin, 1, 1 << 10)
+    if hist_range is not None:
+        if not isinstance(hist_range, (tuple, list)) or len(hist_range) != 2:
+            raise BadInputError(f"hist_range must be (low, high), got {hist_range!r}")
+        lo, hi = (check_float("hist_range", v) for v in hist_range)
+        if not lo < hi:
+            raise BadInputError(f"hist_range must be ascending, low < high, got {hist_range!r}")
 
 
 def _fields(model, layers: list[str]) -> dict:

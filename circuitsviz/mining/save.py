@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,14 @@ def save_result(result: MiningResult, path: str | Path) -> None:
 def load_result(path: str | Path) -> MiningResult:
     if not Path(path).is_file():
         raise BadInputError(f"no mining result at {str(path)!r}")
+    try:
+        return _read_result(path)
+    except (zipfile.BadZipFile, ValueError, KeyError, TypeError, OSError, EOFError) as e:
+        raise BadInputError(f"{str(path)!r} is not a readable mining result or checkpoint ({type(e).__name__}: "
+                            f"{str(e)[:120]}); it is damaged or another kind of file: delete it to start over") from None
+
+
+def _read_result(path: str | Path) -> MiningResult:
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["__meta__"]))
         layers = {}

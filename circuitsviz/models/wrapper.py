@@ -155,6 +155,14 @@ class VisionModel(nn.Module):
             )
         if not images.is_floating_point():
             raise BadInputError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+        if images.numel() == 0:
+            raise BadInputError(f"no images to run (shape {tuple(images.shape)})")
+        if not bool(torch.isfinite(images).all()):
+            raise BadInputError(f"images hold {int((~torch.isfinite(images)).sum())} NaN or infinite values; "
+                                "images must be finite, in [0, 1]")
+        param = next(self.net.parameters(), None)
+        if param is not None and param.is_floating_point() and images.dtype != param.dtype:
+            images = images.to(param.dtype)  # e.g. float64 images for a float32 net
         lo, hi = float(images.min()), float(images.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise BadInputError(

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int
 from ..hashing import config_hash
 from ..progress import progress_bar
 from ..store.blobs import atomic_write
@@ -181,6 +181,7 @@ class SampleSource:
         rows (the shuffle buffer), and permutes the rows inside each group. A group's batch count
         depends only on row counts, so resuming skips whole groups without reading them.
         """
+        check_int("batch_size", batch_size, 1)  # a count < 1 would loop forever below
         if self.n_train < batch_size:
             raise BadInputError(f"only {self.n_train} training samples, fewer than one batch of {batch_size}")
         step, epoch = 0, 0
@@ -246,7 +247,10 @@ def build_cache(model, dataset, layer: str, sampler: Sampler = Sampler(), *, roo
         raise BadInputError("the dataset is empty; nothing to sample activations from")
     config = cache_config(model, dataset, layer, sampler, seed=seed, dtype=dtype, images_per_shard=images_per_shard)
     directory = Path(root).expanduser() / config_hash(config)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInputError(f"cannot create the activation cache folder {str(directory)!r}: {e.strerror or e}") from None
     meta_path = directory / "metadata.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"config": config, "shards": [], "skipped": []}
     n_shards = -(-len(dataset) // images_per_shard)

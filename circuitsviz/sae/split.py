@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..errors import BadInputError, ChannelOutOfRangeError
+from ..errors import BadInputError, ChannelOutOfRangeError, check_int
 from ..store.records import SplitFeature
 from ..units import Unit
 from .cache import SampleSource, check_finite
@@ -121,6 +121,8 @@ def split_channel(sae, channel: int, *, data, top: int = 8, model=None, max_samp
     the channel axis, firing frequencies and unit ids.
     """
     layer = sae.layer or "layer"
+    check_int("top", top, 1)  # 0 would record an empty split, -1 all but one feature
+    check_int("max_samples", max_samples, 1, optional=True)
     if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < sae.d_in:
         raise ChannelOutOfRangeError(layer, channel, sae.d_in)
     if model is not None:

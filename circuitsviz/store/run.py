@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadInputError, CircuitsvizError, UnknownNameError
+from ..errors import BadInputError, CircuitsvizError, DamagedRunError, UnknownNameError
 from ..units import Unit
-from .blobs import BlobStore
+from .blobs import BlobStore, is_sha256, remove_stale_temporaries
 from .records import (
     Example, Feature, LayerRecord, QuantileExample, RunInfo, SAERecord, Split, SplitFeature, Stats,
     StepRecord, UnitRecord, Visualization,
 )
 from .publish import Publishing
-from .schema import ensure_schema
+from .schema import SCHEMA_VERSION, StoreVersionError, ensure_schema
 from .steps import changed_error, settings_diff, to_json
 
 INDEX_NAME = "index.sqlite"
@@ -41,14 +41,78 @@ VIS_KINDS = ("positive", "negative", "diversity", "neuron")
 EXAMPLE_KINDS = ("max", "mean")
 
 
-def open_run(path: str | Path, create: bool = False) -> "Run":
+def open_run(path: str | Path, create: bool = False, *, writable: bool | None = None) -> "Run":
     """Open the run directory at ``path`` (``create=True`` makes a new one if it is missing).
+
+    Without ``create`` (or ``writable=True``) the run is opened **read-only**: nothing in it is
+    created or changed, not the schema, not the journal mode (SQLite's ``mode=ro``). A missing,
+    empty, truncated or foreign ``index.sqlite`` is a :class:`~circuitsviz.errors.DamagedRunError`
+    naming the file and the repair.
 
     >>> run = open_run("runs/demo")                   # doctest: +SKIP
     >>> [u.id for u in run.units("mixed4e")][:2]      # doctest: +SKIP
     ['mixed4e:0', 'mixed4e:1']
     """
-    return Run(path, create=create)
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise BadInputError(f"a run is a folder path, got {path!r}")
+    return Run(path, create=create, writable=writable)
+
+
+# Files only a run that already had an index can hold (the store writes images/ and cache/, the
+# study writes report.json last): if any is there, a missing or empty index
+# means damage, not a new run.
+RUN_CONTENTS = ("images", "cache", "report.json")
+_REPAIR = ("to repair, restore it from a backup, or save what is readable with "
+           "`sqlite3 {index} .recover | sqlite3 {index}.recovered` and move that into its place; "
+           "or re-run the job that made the run into a new folder")
+
+
+def _sqlite_damage(index: Path) -> str | None:
+    """Why ``index`` cannot be a whole SQLite file (from its 100-byte header), or None."""
+    size = index.stat().st_size
+    with open(index, "rb") as f:
+        head = f.read(100)
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+        return "it is not an SQLite database"
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(head[28:32], "big")
+    valid = head[92:96] == head[24:28]  # the in-header page count is valid only then
+    if valid and pages and size < pages * page:
+        return f"it is truncated ({size} bytes, its header says {pages * page})"
+    return None
+
+
+def _check_index(root: Path, index: Path, create: bool) -> None:
+    """Refuse an index that is missing or empty where a run's files exist, or damaged."""
+    if root.exists() and not root.is_dir():
+        raise BadInputError(f"{str(root)!r} is a file, not a run folder; give a folder for the run")
+    leftovers = [n for n in RUN_CONTENTS if (root / n).exists()]
+    empty = index.exists() and index.is_file() and index.stat().st_size == 0
+    if (not index.exists() or empty) and leftovers:
+        state = "is empty (0 bytes)" if empty else "is missing"
+        raise DamagedRunError(
+            f"run {str(root)!r} has {', '.join(leftovers)} but its index {index} {state}, so it is damaged, "
+            "not new; restore index.sqlite from a backup, or re-run the job that made it into a new folder"
+        )
+    if not index.exists():
+        if not create:
+            hint = " (it is a folder, but holds no index.sqlite)" if root.is_dir() else ""
+            raise BadInputError(
+                f"no circuitsviz run at {str(root)!r}{hint}; runs are made by `circuitsviz study`, "
+                "`circuitsviz mine --out DIR` and friends, or open_run(path, create=True)"
+            )
+        return
+    if not index.is_file():
+        raise DamagedRunError(f"the run index {index} is not a file")
+    if empty:
+        if create:
+            return  # a writer killed before its first commit: start afresh
+        raise DamagedRunError(f"the run index {index} is empty (0 bytes): the run is damaged or was never written; "
+                              "re-run the job that made it")
+    why = _sqlite_damage(index)
+    if why:
+        raise DamagedRunError(f"the run index {index} is damaged: {why}; " + _REPAIR.format(index=index))
 
 
 def _opt_float(v) -> float | None:
@@ -82,33 +146,66 @@ class Run(Publishing):
     are serialised by a lock.
     """
 
-    def __init__(self, path: str | Path, create: bool = False) -> None:
+    def __init__(self, path: str | Path, create: bool = False, *, writable: bool | None = None) -> None:
         self.path = Path(path).expanduser()
+        self.writable = bool(create) if writable is None else bool(writable)
         index = self.path / INDEX_NAME
-        if not index.exists():
-            if not create:
-                hint = " (it is a folder, but holds no index.sqlite)" if self.path.is_dir() else ""
-                raise BadInputError(
-                    f"no circuitsviz run at {str(path)!r}{hint}; runs are made by `circuitsviz study`, "
-                    "`circuitsviz mine --out DIR` and friends, or open_run(path, create=True)"
-                )
-            self.path.mkdir(parents=True, exist_ok=True)
+        _check_index(self.path, index, create)
+        if create:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise BadInputError(f"cannot create the run folder {str(path)!r}: {e.strerror or e}") from None
         self.blobs = BlobStore(self.path / "images")
         self.cache_dir = self.path / "cache"
         self._lock = threading.RLock()
         self._depth = 0
         self._source = None
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly one put.
-        self._conn = sqlite3.connect(index, isolation_level=None, check_same_thread=False, timeout=30.0)
-        self._conn.execute("PRAGMA busy_timeout = 30000")
-        if self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
-            raise CircuitsvizError(f"could not switch {index} to WAL mode (is it on a network filesystem?)")
-        self._conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; atomic always
         try:
-            ensure_schema(self._conn, str(self.path), create=True)
+            self._conn = self._connect(index)
+        except sqlite3.OperationalError as e:  # locked, unreadable, ...: not damage
+            raise CircuitsvizError(f"cannot open the run index {index}: {e}") from None
+        except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
+            raise DamagedRunError(f"the run index {index} is damaged ({e}); " + _REPAIR.format(index=index)) from None
+        if self.writable:
+            remove_stale_temporaries(self.path / "images")
+            remove_stale_temporaries(self.cache_dir)
+
+    def _connect(self, index: Path) -> sqlite3.Connection:
+        if not self.writable:
+            # mode=ro: a reader never creates tables or switches the journal mode, so a foreign
+            # SQLite file stays exactly as it was. (A WAL-mode run's readers share its -shm file.)
+            conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=30.0)
+            try:
+                conn.execute("PRAGMA busy_timeout = 30000")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                if version == 0 or "meta" not in tables or "units" not in tables:
+                    raise DamagedRunError(
+                        f"{index} is an SQLite file but not a circuitsviz run index (tables: "
+                        f"{', '.join(sorted(tables)) or 'none'}); it was opened read-only and left unchanged"
+                    )
+                if version < SCHEMA_VERSION:  # upgrading would write; a reader changes nothing
+                    raise StoreVersionError(f"run {str(self.path)!r} uses the older store schema {version}; "
+                                            "open it once for writing (open_run(path, writable=True)) to upgrade it")
+                ensure_schema(conn, str(self.path), create=False)  # refuses a newer version
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly one put.
+        conn = sqlite3.connect(index, isolation_level=None, check_same_thread=False, timeout=30.0)
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+                raise CircuitsvizError(f"could not switch {index} to WAL mode (is it on a network filesystem?)")
+            conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; atomic always
+            ensure_schema(conn, str(self.path), create=True)
         except BaseException:
-            self._conn.close()
+            conn.close()
             raise
+        return conn
 
     def close(self) -> None:
         with self._lock:
@@ -571,13 +668,53 @@ class Run(Publishing):
         return found[0] if found else None
 
     # ---------------------------------------------------------------- checks
-    def verify(self) -> list[str]:
-        """Problems with this run (an empty list when it is consistent): SQLite's integrity
-        check, plus every PNG a row names must exist."""
-        problems = [r[0] for r in self._rows("PRAGMA integrity_check") if r[0] != "ok"]
-        for (sha,) in self._rows("SELECT DISTINCT sha256 FROM visualizations"):
-            if not self.blobs.path(sha).is_file():
-                problems.append(f"missing image {self.blobs.path(sha)}")
+    def verify(self, *, source_images: bool = False) -> list[str]:
+        """Problems with this run (an empty list when it is consistent), one line each: SQLite's
+        integrity check; every image hash a row names must be 64 hex digits and its PNG must
+        exist; every example's image id must lie inside the data folder (and, with
+        ``source_images``, exist there). Reads only.
+
+        >>> open_run("runs/demo").verify()    # doctest: +SKIP
+        []
+        """
+        try:
+            problems = [f"index: {r[0]}" for r in self._rows("PRAGMA integrity_check") if r[0] != "ok"]
+            vis = self._rows("SELECT unit_id, kind, idx, sha256 FROM visualizations ORDER BY unit_id, kind, idx")
+            ids = self._rows("SELECT DISTINCT image_id FROM examples UNION SELECT DISTINCT image_id FROM quantile_examples")
+        except sqlite3.DatabaseError as e:
+            return [f"index: cannot be read ({e})"]
+        for uid, kind, idx, sha in vis:
+            if not is_sha256(sha):
+                problems.append(f"visualization {uid} {kind} #{idx}: image hash {sha!r} is not 64 hex digits")
+            elif not self.blobs.path(sha).is_file():
+                problems.append(f"visualization {uid} {kind} #{idx}: missing image {self.blobs.path(sha)}")
+        problems += self._verify_image_ids([i for (i,) in ids], source_images)
+        return problems
+
+    def _verify_image_ids(self, ids: list[str], check_exists: bool) -> list[str]:
+        try:
+            spec = self.info().data_source
+        except (sqlite3.DatabaseError, ValueError) as e:
+            return [f"meta: data source cannot be read ({e})"]
+        if not spec or spec.get("kind") != "folder":
+            return []
+        from ..data.folder import ImageFolderDataset
+
+        root = Path(str(spec.get("root", ""))).expanduser()
+        probe = ImageFolderDataset.__new__(ImageFolderDataset)  # path checks only: no folder scan
+        probe.root = root
+        problems, absent = [], []
+        for image_id in ids:
+            try:
+                path = probe.path_of(image_id)
+            except BadInputError as e:
+                problems.append(f"example image: {e}")
+                continue
+            if check_exists and not path.is_file():
+                absent.append(image_id)
+        if absent:
+            shown = ", ".join(absent[:5]) + (f", ... ({len(absent)} in all)" if len(absent) > 5 else "")
+            problems.append(f"example images missing from the data folder {root}: {shown}")
         return problems
 
     # ---------------------------------------------------------------- rendered crops
