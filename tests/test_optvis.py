@@ -517,8 +517,14 @@ def test_progress_bar_counts_units_and_steps_for_the_whole_job(randnet, capsys):
     visualize(randnet, ["5:0", "5:1", "5:2"], size=32, steps=3, batch_size=2, progress=True)
     err = capsys.readouterr().err
     final = err.replace("\r", "\n").strip().splitlines()[-1]
-    assert "unit 3 of 3, step 3/3" in final and "100%" in final
-    assert "units 1-2 of 3" in err and "<" in final               # the ETA field
+    assert "unit 3 of 3, step 3/3" in final and "100%" in final and "<" in final  # "<" precedes the ETA
+    from circuitsviz.optvis.render import _Progress               # the first batch, as it is drawn
+
+    bar = _Progress(units=3, steps=3, images=3)
+    bar.start_batch(2, 2)
+    bar.step(1)
+    assert bar.bar.desc == "visualize units 1-2 of 3, step 1/3" and bar.bar.n == 2
+    bar.close()
 
 
 def test_save_grid_tiles_every_image_unscaled_with_its_id_underneath(randnet, tmp_path):
