@@ -18,7 +18,9 @@ All run without autograd on the same module (circuitsviz's InceptionV1) with the
 channels-last input on the CPU. Reported: img/s (median of alternating rounds) and peak memory:
 each contender runs once more in a fresh subprocess, which reports how far its peak resident set
 (``VmHWM``, reset first through ``/proc/self/clear_refs``) rose above its resident set with the
-model loaded; on CUDA it reports ``torch.cuda.max_memory_allocated`` growth instead.
+model loaded; on CUDA it reports ``torch.cuda.max_memory_allocated`` growth instead. The timed process applies
+``retain_freed_memory()``, as the ``circuitsviz`` command does (``--no-retain-memory``: not); the
+memory subprocesses do not, so their peaks are the libraries' own.
 
 Last line: circuitsviz's img/s for ``mixed3b`` over the fastest peer's.
 """
@@ -34,7 +36,7 @@ import warnings
 
 import torch
 
-from _common import sync
+from _common import add_retain_memory_flag, apply_retain_memory, sync
 from circuitsviz.models import load_model
 
 REQUESTS = {"mixed3b": ["mixed3b"], "3 layers": ["mixed3b", "mixed4a", "mixed4e"]}
@@ -92,7 +94,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--quick", action="store_true", help="smoke run: batch 2, 1 round, no memory")
+    add_retain_memory_flag(ap)
     args = ap.parse_args()
+    retained = apply_retain_memory(args)
     if args.quick:
         args.batch, args.rounds, args.no_memory = 2, 1, True
     warnings.filterwarnings("ignore")
@@ -100,7 +104,7 @@ def main() -> None:
     model = load_model("inceptionv1", pretrained=False, device=args.device)
     x = torch.rand(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(args.device)
     print(f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} rounds={args.rounds} "
-          f"memory: {'CUDA max_memory_allocated' if args.device.startswith('cuda') else 'peak RSS (VmHWM) growth'} "
+          f"retain_freed_memory={retained} memory: {'CUDA max_memory_allocated' if args.device.startswith('cuda') else 'peak RSS (VmHWM) growth'} "
           "in a fresh subprocess")
     headline = None
     for request, layers in REQUESTS.items():

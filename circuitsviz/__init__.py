@@ -50,6 +50,8 @@ _EXPORTS = {
     # held-out evidence (issue 11)
     "evaluate_split": "circuitsviz.evaluate", "Evaluation": "circuitsviz.evaluate",
     "fv_recovery": "circuitsviz.evaluate", "sae_feature": "circuitsviz.optvis",
+    # the viewer's words for a run's evidence (issue 12)
+    "clearest_split": "circuitsviz.viewer", "split_summary": "circuitsviz.viewer",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -67,6 +69,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load
     from .store import Run, SettingsChangedError, open_run
     from .study import StudyReport, StudySettings, study
     from .units import Unit, feature_objective, parse_channels, sae_name
+    from .viewer import clearest_split, split_summary
 
 
 def __getattr__(name: str):

@@ -158,6 +158,8 @@ def test_expanded_weights_equal_a_per_unit_autograd_reference_on_inceptionv1(inc
     try:
         ew = expanded_weights(inception, target, source, channels=channels)
         assert not ew.truncated
+        chunked = expanded_weights(inception, target, source, channels=channels, batch_size=3)
+        assert torch.equal(chunked.weights, ew.weights) and chunked.paths == ew.paths
         kh, kw = ew.weights.shape[-2:]
         r0, c0 = ew.origin
         for i, c in enumerate(channels):
@@ -310,3 +312,20 @@ def test_cli_prints_the_same_ranking_as_the_api(capsys):
     assert rows == [c.unit for c in expect.positive + expect.negative]
     assert main(["circuit", "--model", "demo", "--device", "cpu", "--unit", "mixed3b:99", "--source", "mixed3a"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda m, im: circuit(m, "src:1", source="target"), "must come earlier"),
+    (lambda m, im: circuit(m, "target:1", source="target"), "same layer"),
+    (lambda m, im: circuit(m, "target:1", source="src", target="src"), "exactly one"),
+    (lambda m, im: circuit(m, "target:7", source="src"), r"valid: 0\.\.2"),
+    (lambda m, im: circuit(m, "target/x:1", source="src"), "sae="),
+    (lambda m, im: attribute(m, "src:1", source="target", data=im), "earlier layer"),
+    (lambda m, im: attribute(m, "target:1", source="src", data=im, method="ig"), "act_x_grad, integrated_gradients"),
+    (lambda m, im: ablate(m, "target:1", ["src:1", "target:0"], data=im), "one layer"),
+    (lambda m, im: ablate(m, "target:1", ["src:9"], data=im), r"valid: 0\.\.5"),
+    (lambda m, im: ablate(m, "target:1", ["src:1"], data=im, mode="mean_"), "zero, mean"),
+])
+def test_bad_requests_fail_with_one_clear_line(call, message):
+    with pytest.raises(CircuitsvizError, match=message):
+        call(planted(), red_over_green(2))

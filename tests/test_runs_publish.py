@@ -50,12 +50,13 @@ def test_python_puts_a_visualization_mining_and_split_into_a_run_the_viewer_show
     from streamlit.testing.v1 import AppTest
 
     viewer = str(Path(__file__).resolve().parents[1] / "apps" / "viewer.py")
+    os.environ["CIRCUITSVIZ_RUN"] = str(tmp_path / "run")  # the run `circuitsviz serve` serves
     at = AppTest.from_file(viewer, default_timeout=60)
-    at.query_params.update({"run": str(tmp_path / "run"), "page": "compare", "unit": "mixed3b:1"})
+    at.query_params.update({"page": "compare", "unit": "mixed3b:1"})
     at.run()
     assert not at.exception
-    shown = " ".join(str(e.proto) for e in at.get("page_link")) + " ".join(str(m.value) for m in at.markdown)
-    assert all(f.unit_id in shown for f in split.features)
+    shown = " ".join(str(e.proto.body) for e in at.get("html"))  # the compare page's feature cards
+    assert all(f'data-feature="{f.unit_id}"' in shown for f in split.features)
 
 
 def test_python_visualizations_with_other_settings_are_refused_unless_overwrite(demo, tmp_path):

@@ -92,9 +92,11 @@ def expanded_weights(
     *,
     channels: Sequence[int] | None = None,
     input_size: int | None = None,
+    batch_size: int | None = None,
 ) -> ExpandedWeights:
     """Expanded weights from every channel of layer ``source`` to ``channels`` of layer ``target``
-    (default: all of them), in one batched backward pass.
+    (default: all of them), in one batched backward pass (``batch_size``: at most that many
+    targets per pass, to bound memory; the result is the same).
 
     ``input_size``: the image size the maps are computed at. By default the smallest of 32, 64,
     128, ... (up to 4x the model's size) at which no target's window reaches the edge of the
@@ -115,14 +117,25 @@ def expanded_weights(
         probe = _probe(model, target, source, chans, size)
         if not probe.truncated:
             break
+    step = batch_size or len(chans)
+    if not isinstance(step, int) or step < 1:
+        raise BadInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+    def passes(crop, window) -> ExpandedWeights:
+        parts = [_jacobian(model, target, source, chans[i:i + step], size, crop, window)
+                 for i in range(0, len(chans), step)]
+        return replace(parts[0], channels=chans, weights=torch.cat([p.weights for p in parts]),
+                       paths=[x for p in parts for x in p.paths], direct=[x for p in parts for x in p.direct],
+                       truncated=any(p.truncated for p in parts))
+
     if probe.crop is not None and not probe.truncated:
         try:
-            cropped = replace(_jacobian(model, target, source, chans, size, probe.crop), truncated=False)
+            cropped = replace(passes(probe.crop, (slice(0, probe.crop[0]), slice(0, probe.crop[1]))), truncated=False)
             if probe.agrees(cropped):
                 return cropped
         except RuntimeError:
             pass  # the path also reads earlier maps of the image's size: use the whole map
-    return _jacobian(model, target, source, chans, size)
+    return passes(None, probe.rows_cols)
 
 
 def _sizes(model_size: int) -> list[int]:
@@ -197,6 +210,7 @@ class _Probe:
     crop: tuple[int, int] | None       # a source map size that gives the same kernels, if any
     mix: torch.Tensor                  # (T,) the mix
     window: torch.Tensor               # (S, kh, kw) the mixed kernels over the window
+    rows_cols: tuple[slice, slice]     # the window on the source map
 
     def agrees(self, ew: ExpandedWeights) -> bool:
         """Whether ``ew``'s kernels, mixed the same way, give the probe's (a check on a crop)."""
@@ -219,11 +233,12 @@ def _probe(model, target: str, source: str, chans: list[int], size: int) -> _Pro
     centred = (tuple(acts.shape[2:]) == tuple(src.shape[2:]) and rows.start + rows.stop - 1 == 2 * cy
                and cols.start + cols.stop - 1 == 2 * cx)
     crop = (rows.stop - rows.start, cols.stop - cols.start) if centred else None
-    return _Probe(_truncated(rows, cols, *g.shape[-2:]), crop, mix.detach(), g[0][:, rows, cols].detach())
+    return _Probe(_truncated(rows, cols, *g.shape[-2:]), crop, mix.detach(), g[0][:, rows, cols].detach(), (rows, cols))
 
 
-def _jacobian(model, target: str, source: str, chans: list[int], size: int,
-              crop: tuple[int, int] | None = None) -> ExpandedWeights:
+def _jacobian(model, target: str, source: str, chans: list[int], size: int, crop: tuple[int, int] | None = None,
+              window: tuple[slice, slice] | None = None) -> ExpandedWeights:
+    """The kernels of ``chans`` over ``window`` of the source map (default: their own support)."""
     src, acts, on_path = _forward(model, target, source, size, len(chans), crop)
     cy, cx = acts.shape[2] // 2, acts.shape[3] // 2
     idx = torch.arange(len(chans), device=acts.device)
@@ -241,7 +256,7 @@ def _jacobian(model, target: str, source: str, chans: list[int], size: int,
         mixing = [(n, m) for n, m in mods if isinstance(m, _PATH_MODULES)]
         paths.append(tuple(n for n, _ in mixing))
         direct.append(len(mixing) == 1 and isinstance(mixing[0][1], _WEIGHT_MODULES))
-    rows, cols = _support(jac)
+    rows, cols = window or _support(jac)
     h, w = jac.shape[-2:]
     return ExpandedWeights(
         target_layer=target, source_layer=source, channels=chans, weights=jac[:, :, rows, cols].contiguous(),

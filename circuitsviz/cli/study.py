@@ -94,16 +94,37 @@ def run_study(args: argparse.Namespace) -> int:
                    sae_layer=args.sae_layer, settings=_settings(args), pretrained=args.pretrained,
                    weights=args.weights, device=resolve_device(args.device), overwrite=args.overwrite)
     print(report.summary())
-    print(f"\nbrowse it:  circuitsviz serve {args.out}")
+    print_browse(args.out, print_evidence(args.out))
     return 0
+
+
+def print_evidence(out: str) -> str:
+    """Name each split's concepts and the clearest split; return the viewer page that shows it."""
+    from ..store import open_run
+    from ..viewer import clearest_split, split_summary
+
+    with open_run(out) as run:
+        summary, best = split_summary(run), clearest_split(run)
+    if summary:
+        print("\nconcepts of each split channel and of its top features:\n" + summary)
+    if best is None:
+        return ""
+    print(f"\nclearest split: {best.channel_id} (the split channel with the most of its concepts each taken "
+          "by a one-concept feature)")
+    return f"compare?unit={best.channel_id}"
+
+
+def print_browse(out: str, page: str) -> None:
+    print(f"\nbrowse it:  circuitsviz serve {out}" + (f"   then open http://127.0.0.1:8501/{page}" if page else ""))
 
 
 def run_demo(args: argparse.Namespace) -> int:
     report = study("demo", "procedural", out=args.out, device=resolve_device(args.device))
     print(report.summary())
+    page = print_evidence(args.out)
     if not args.serve:
-        print(f"\nbrowse it:  circuitsviz serve {args.out}")
+        print_browse(args.out, page)
         return 0
     from .serve import serve
 
-    return serve(args.out, port=args.port, host=args.host)
+    return serve(args.out, port=args.port, host=args.host, url_path=page)

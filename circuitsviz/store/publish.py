@@ -404,7 +404,8 @@ class Publishing:
                                                      r.mean_pos[u] // r.width, r.mean_pos[u] % r.width,
                                                      r.mean_label[u]), kind="mean")
             self.put_quantile_examples(uid, [
-                dict(bin=g, image_id=_image_id(dataset, i), value=v, y=p // r.width, x=p % r.width)
+                dict(bin=g, image_id=_image_id(dataset, i), value=v, y=p // r.width, x=p % r.width,
+                     label=dataset.label(i) if hasattr(dataset, "label") else -1)  # the viewer names concepts
                 for g, i, v, p in result.quantile_examples(name, u, quantile_groups)
             ])
             top = r.top_label[u][(r.top_label[u] >= 0) & (r.top_index[u] >= 0)]
@@ -414,7 +415,8 @@ class Publishing:
                 uid, mean=float(stats["mean"][u]), max=float(stats["max"][u]),
                 frac_positive=float(stats["frac_positive"][u]), hist_counts=r.hist_counts[u].tolist(),
                 hist_edges=r.hist_edges[u].tolist(),
-                scores={key: _plain(stats[key][u]) for key in ("purity", "entropy", "concept_count")},
+                scores={**{key: _plain(stats[key][u]) for key in ("purity", "entropy", "concept_count")},
+                        "concept_means": _concept_means(r.label_sum[u], result.label_count, classes)},
                 label_counts=labels,
             )
         return r.units
@@ -536,6 +538,12 @@ def _zoo_table(model_name: str | None):
 
 def _image_id(dataset, i: int) -> str:
     return dataset.image_id(i) if hasattr(dataset, "image_id") else str(i)
+
+
+def _concept_means(label_sum: np.ndarray, label_count: np.ndarray, classes) -> dict[str, float]:
+    """Mean image-level activation per label: what the concept count is computed from (the viewer's chart)."""
+    return {(classes[lab] if classes and lab < len(classes) else str(lab)): float(label_sum[lab] / n)
+            for lab, n in enumerate(label_count[:len(label_sum)]) if n}
 
 
 def _plain(v):

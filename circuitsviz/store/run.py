@@ -136,7 +136,7 @@ def _actmap_array(blob: bytes | None) -> np.ndarray | None:
 
 class Run(Publishing):
     """A run directory: ``index.sqlite`` (WAL) plus ``images/`` (content-addressed PNGs),
-    ``cache/`` (rendered example crops), ``saes/``, ``activations/`` and ``mining/`` (work files).
+    ``saes/``, ``activations/`` and ``mining/`` (work files).
     See ``circuitsviz/store/SPEC.md``.
 
     Results go in through the publishing API (``add_visualizations``, ``add_mining``,
@@ -733,7 +733,7 @@ class Run(Publishing):
     def example_image(self, example: Example | QuantileExample, mode: str = "crop", size: int = 128) -> Path:
         """The PNG of an example: ``crop`` (its receptive field), ``full`` (the model-input image
         with the field boxed) or ``overlay`` (``full`` plus the activation heatmap). Rendered from
-        the source image once, then cached under ``cache/``."""
+        the source image once, then cached in the user cache folder, never in the run."""
         from .render import render_example
 
         return render_example(self, example, mode, size)
