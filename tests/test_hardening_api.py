@@ -81,6 +81,11 @@ def _saved_sae(tmp):
     return save_sae(sae, tmp / "sae")
 
 
+def _empty_run(tmp):
+    cv.open_run(tmp / "empty-run", create=True).close()
+    return cv.open_run(tmp / "empty-run")
+
+
 def _study_settings():
     return cv.StudySettings(n_images=4, vis_size=16, vis_steps=2, k=2, batch_size=4, sae_expansion=1, sae_k=1,
                             sae_steps=2, sae_per_image=4, n_split=1, split_top=2, feature_vis=1)
@@ -123,6 +128,8 @@ def table(tmp) -> dict[str, tuple[Callable, dict]]:
         "feature_objective": (cv.feature_objective, dict(unit="toy/topk1x_k2:0", sae=cv.load_sae(_saved_sae(tmp)))),
         "sae_feature": (cv.sae_feature, dict(sae=cv.load_sae(_saved_sae(tmp)), feature=0)),
         "sae_name": (cv.sae_name, dict(kind="topk", expansion=8, k=32)),
+        "clearest_split": (cv.clearest_split, dict(run=_empty_run(tmp))),
+        "split_summary": (cv.split_summary, dict(run=_empty_run(tmp), features=2)),
         "ConceptDataset": (cv.ConceptDataset, dict(n=4, size=16)),
         "ImageFolderDataset": (cv.ImageFolderDataset, dict(root=tmp / "images", size=16)),
         "retain_freed_memory": (cv.retain_freed_memory, dict()),
