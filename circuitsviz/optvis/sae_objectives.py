@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int
 from .objectives import Acts, LinearObjective, Objective, _at, _with_batch, direction
 
 MODES = ("encoder", "decoder")
@@ -53,6 +53,7 @@ def sae_feature(sae, feature: int, *, mode: str = "encoder", at: str | tuple[int
     detects instead of a texture of it. ``layer`` defaults to the layer the SAE was fit on. A
     ReLU SAE has no TopK: its objective is the feature's pre-activation.
     """
+    check_int("feature", feature, 0)
     if mode not in MODES:
         raise BadInputError(f"unknown SAE feature objective mode {mode!r}; valid: {', '.join(MODES)}")
     feature = int(feature)
