@@ -56,8 +56,10 @@ class Recovery:
                 f"{self.recovery:.0%} (chance ~1/13){fires}")
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "settings": self.settings, "recovery": self.recovery, "fires": self.fires,
-                "rows": self.rows}
+        from .protocol import _json_safe
+
+        return _json_safe({"kind": self.kind, "settings": self.settings, "recovery": self.recovery,
+                           "fires": self.fires, "rows": self.rows})
 
 
 def feature_targets(ev: Evaluation, *, k: int | None = None, seed: int | None = None, mode: str = "encoder",
