@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   set up, run the study on the bundled model, serve the viewer"
 	@echo "make test   set up and run the whole test suite"
-	@echo "make bench  run the benchmarks in benchmarks/"
+	@echo "make bench  run the benchmarks in benchmarks/ (installs the peers of the bench extra)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The peers install next to the project's torch/torchvision/numpy, which a constraints file holds.
 bench: install
+	$(BIN)/python -m pip freeze | grep -iE '^(torch|torchvision|numpy)==' > $(VENV)/bench-constraints.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/bench-constraints.txt -e '.[bench]'
 	for f in benchmarks/[!_]*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:

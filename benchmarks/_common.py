@@ -16,3 +16,21 @@ def add_retain_memory_flag(ap: argparse.ArgumentParser) -> None:
 def apply_retain_memory(args: argparse.Namespace) -> bool:
     """Apply the setting unless ``--no-retain-memory``; True if it took effect."""
     return False if args.no_retain_memory else retain_freed_memory()
+
+
+def missing_peer(module: str, name: str | None = None) -> bool:
+    """True (after a one-line note) if a peer library is not installed: ``pip install -e '.[bench]'``."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        return False
+    print(f"skipping {name or module}: not installed (pip install -e '.[bench]')")
+    return True
+
+
+def sync(device) -> None:
+    """Wait for queued CUDA work, so wall-clock times cover it."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()

@@ -16,6 +16,7 @@ Names are imported lazily, so ``import circuitsviz`` stays cheap and nothing tou
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -23,7 +24,9 @@ _EXPORTS = {
     # models
     "load_model": "circuitsviz.models", "wrap_model": "circuitsviz.models", "list_layers": "circuitsviz.models",
     "VisionModel": "circuitsviz.models", "LayerInfo": "circuitsviz.models",
-    "Unit": "circuitsviz.units", "parse_channels": "circuitsviz.units",
+    "IMAGENET_MEAN": "circuitsviz.models", "IMAGENET_STD": "circuitsviz.models",
+    "Unit": "circuitsviz.units", "parse_channels": "circuitsviz.units", "sae_name": "circuitsviz.units",
+    "feature_objective": "circuitsviz.units",
     "CircuitsvizError": "circuitsviz.errors",
     # feature visualization
     "visualize": "circuitsviz.optvis", "channel": "circuitsviz.optvis", "neuron": "circuitsviz.optvis",
@@ -34,18 +37,39 @@ _EXPORTS = {
     # sparse autoencoders
     "fit_sae": "circuitsviz.sae", "load_sae": "circuitsviz.sae", "split_channel": "circuitsviz.sae",
     "TopKSAE": "circuitsviz.sae", "ReluSAE": "circuitsviz.sae", "SplitResult": "circuitsviz.sae",
+    # circuits
+    "circuit": "circuitsviz.circuits", "expanded_weights": "circuitsviz.circuits",
+    "attribute": "circuitsviz.circuits", "ablate": "circuitsviz.circuits", "faithfulness": "circuitsviz.circuits",
     # store
-    "open_run": "circuitsviz.store", "Run": "circuitsviz.store",
+    "open_run": "circuitsviz.store", "Run": "circuitsviz.store", "SettingsChangedError": "circuitsviz.store",
     # data and the study pipeline
     "ConceptDataset": "circuitsviz.data", "ImageFolderDataset": "circuitsviz.data",
     "study": "circuitsviz.study", "StudySettings": "circuitsviz.study", "StudyReport": "circuitsviz.study",
     # process-level CPU tuning (opt-in; the command line applies it)
     "retain_freed_memory": "circuitsviz.runtime",
     # held-out evidence (issue 11)
-    "evaluate_split": "circuitsviz.evaluate", "Evaluation": "circuitsviz.evaluate", "fv_recovery": "circuitsviz.evaluate", "sae_feature": "circuitsviz.optvis",
+    "evaluate_split": "circuitsviz.evaluate", "Evaluation": "circuitsviz.evaluate",
+    "fv_recovery": "circuitsviz.evaluate", "sae_feature": "circuitsviz.optvis",
+    # the viewer's words for a run's evidence (issue 12)
+    "clearest_split": "circuitsviz.viewer", "split_summary": "circuitsviz.viewer",
 }
 
 __all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load lazily, below
+    from .circuits import ablate, attribute, circuit, expanded_weights, faithfulness
+    from .data import ConceptDataset, ImageFolderDataset
+    from .errors import CircuitsvizError
+    from .evaluate import Evaluation, evaluate_split, fv_recovery
+    from .mining import MiningResult, merge, mine, receptive_field
+    from .models import IMAGENET_MEAN, IMAGENET_STD, LayerInfo, VisionModel, list_layers, load_model, wrap_model
+    from .optvis import VisResult, channel, direction, diversity, neuron, sae_feature, visualize
+    from .runtime import retain_freed_memory
+    from .sae import ReluSAE, SplitResult, TopKSAE, fit_sae, load_sae, split_channel
+    from .store import Run, SettingsChangedError, open_run
+    from .study import StudyReport, StudySettings, study
+    from .units import Unit, feature_objective, parse_channels, sae_name
+    from .viewer import clearest_split, split_summary
 
 
 def __getattr__(name: str):

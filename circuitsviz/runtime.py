@@ -31,6 +31,10 @@ def retain_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 64 << 20) 
     >>> retain_freed_memory()          # doctest: +SKIP
     True
     """
+    from .errors import check_int
+
+    check_int("trim_threshold", trim_threshold, 0, 2**31 - 1)  # mallopt takes a C int
+    check_int("top_pad", top_pad, 0, 2**31 - 1)
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -7,8 +7,15 @@
 5. visualize and mine those features;
 6. where labels exist, measure polysemanticity of channels against features (the ground truth).
 
-Each step records itself as done in the run, so a second call reuses finished parts, and a killed
-study resumes with the same call (mining and SAE fitting also checkpoint inside their step).
+Every step is keyed by the settings it depends on (see :mod:`circuitsviz.store.steps`): a second
+call with the same settings reuses finished parts, and a killed study resumes with the same call
+(mining and SAE fitting also checkpoint inside their step). A call with other settings computes
+beside the old results where they have their own name (another SAE, another layer), and is
+otherwise refused before any work with a one-line error naming the changed setting; pass
+``overwrite=True`` (``--overwrite``) to replace the old results and everything made from them.
+
+The pipeline is :data:`STEPS`, a list of small functions of a :class:`StudyContext`. Each runs
+twice: first to check its settings against the run (``ctx.checking``: no work is done), then to work.
 
 >>> report = study("demo", "procedural", out="runs/demo")        # doctest: +SKIP
 >>> print(report.summary())                                      # doctest: +SKIP
@@ -16,18 +23,19 @@ study resumes with the same call (mining and SAE fitting also checkpoint inside 
 
 from __future__ import annotations
 
-import hashlib
 import json
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .data import as_dataset
+from .errors import BadInputError, check_list, check_path
 from .models import VisionModel, load_model
-from .units import Unit
+from .units import Unit, sae_name
 
 
 @dataclass
@@ -122,16 +130,115 @@ def _log(msg: str) -> None:
     print(f"[study] {msg}", flush=True)
 
 
-def _sae_name(settings: StudySettings, kind: str = "topk") -> str:
-    return f"{kind}{settings.sae_expansion}x_k{settings.sae_k}"
-
-
-def validate(model: VisionModel, layers: list[str], channels: list[int] | None, sae_layer: str) -> None:
-    """Fail before any work on layers or channels the model does not have."""
+def validate(model: VisionModel, layers: list[str], channels: list[int] | None, sae_layer: str,
+             settings: StudySettings | None = None, vis_channels: list[int] | None = None) -> None:
+    """Fail before any work on layers or channels the model does not have, or settings out of range."""
     for layer in layers + [sae_layer]:
         model.layer(layer)
     for c in channels or []:
         model.check_channel(sae_layer, c)
+    for layer in layers:
+        for c in vis_channels or []:
+            model.check_channel(layer, c)
+    s = settings or StudySettings()
+    at_least = dict(n_images=1, vis_size=16, vis_steps=1, k=1, batch_size=1, sae_expansion=1, sae_k=1,
+                    sae_steps=1, sae_images=1, sae_per_image=1, n_split=0, split_top=1, feature_vis=0,
+                    num_workers=0, seed=0, data_seed=0)
+    for f in fields(StudySettings):
+        value = getattr(s, f.name)
+        if value is None and f.name in ("sae_steps", "sae_images"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < at_least.get(f.name, 0):
+            raise BadInputError(f"--{f.name.replace('_', '-')} must be an integer >= {at_least.get(f.name, 0)}, "
+                                f"got {value!r}")
+    latents = s.sae_expansion * model.channels(sae_layer)
+    if s.sae_k > latents:
+        raise BadInputError(f"--sae-k {s.sae_k} is more than the SAE's {latents} features "
+                            f"({s.sae_expansion} x {model.channels(sae_layer)} channels of {sae_layer}); "
+                            f"valid: 1..{latents}")
+
+
+def _check_data(dataset, s: StudySettings, latents: int) -> None:
+    """The data can be read and holds enough samples for the SAE: checked before any work."""
+    if len(dataset) == 0:
+        raise BadInputError("the data holds no images")
+    for i in range(min(len(dataset), 8)):
+        try:
+            dataset[i]
+            break
+        except (OSError, ValueError):  # one bad file is skipped by mining; eight in a row is bad data
+            continue
+    else:
+        raise BadInputError(f"none of the first images of {dataset.spec() if hasattr(dataset, 'spec') else 'the data'} "
+                            "can be read")
+    samples = int((s.sae_images or len(dataset)) * s.sae_per_image * 0.95)
+    if samples < latents:
+        raise BadInputError(f"about {samples} activation samples for an SAE with {latents} features; it needs more "
+                            "samples than features: raise --sae-images/--sae-per-image or lower --sae-expansion")
+
+
+@dataclass
+class StudyContext:
+    """What the steps share: the inputs, the run, the settings, and what earlier steps made."""
+
+    model: VisionModel
+    dataset: object
+    run: object
+    layers: list[str]
+    sae_layer: str
+    channels: list[int] | None
+    vis_channels: list[int] | None
+    settings: StudySettings
+    progress: bool = True
+    overwrite: bool = False
+    checking: bool = True         # the first pass: check settings against the run, do no work
+    computed: bool = False        # some step did work in this call
+    sae: object = None            # the fitted SAE, once its step ran
+    split_channels: list[int] = field(default_factory=list)
+    split_features: list[list[str]] = field(default_factory=list)
+
+    @property
+    def sae_name(self) -> str:
+        return sae_name("topk", self.settings.sae_expansion, self.settings.sae_k)
+
+    @property
+    def sae_slot(self) -> str:
+        return f"{self.sae_layer}/{self.sae_name}"
+
+    def vis_settings(self) -> dict:
+        from .store.steps import planned_vis_key
+
+        return planned_vis_key(size=self.settings.vis_size, steps=self.settings.vis_steps, seed=self.settings.seed)
+
+    def sae_settings(self) -> dict:
+        from .sae import Sampler
+        from .store.steps import sae_key
+
+        s = self.settings
+        return sae_key(kind="topk", expansion=s.sae_expansion, k=s.sae_k, steps=s.sae_steps, seed=s.seed,
+                       sampler=Sampler("per_image", per_image=s.sae_per_image),
+                       n_images=s.sae_images or len(self.dataset))
+
+    def state(self, step: str, key: str, settings: dict, what: str) -> str:
+        """``"same"`` (finished with these settings), ``"new"`` (not yet, or begun with them) or
+        ``"changed"`` (other settings, and ``overwrite``); other settings without it raise."""
+        rec = self.run.step(step, key)
+        if rec is None:
+            return "new"
+        if self.run.check_step(step, key, settings, overwrite=self.overwrite, what=what):
+            return "same"
+        return "changed" if rec.settings != settings else "new"
+
+    def todo(self, step: str, key: str, settings: dict, what: str) -> bool:
+        """Whether ``step`` for ``key`` needs work now (never while checking); logs a reuse."""
+        state = self.state(step, key, settings, what)
+        if self.checking:
+            return False
+        if state == "same":
+            _log(f"{what}: done already")
+            return False
+        self.computed = True
+        return True
 
 
 def study(
@@ -148,176 +255,189 @@ def study(
     weights: str | None = None,
     device: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> StudyReport:
     """Visualize, mine, fit an SAE, split polysemantic channels and measure it, into ``out``.
 
     ``channels``: the channels of ``sae_layer`` to split (default: the ``n_split`` most
     polysemantic). ``vis_channels``: restrict channel visualizations to these (default: every
     channel of every layer; on InceptionV1's mixed4e that is 832 renders, a GPU job).
+    ``overwrite``: replace results the run holds for other settings (else they are refused).
     """
     from .store import open_run
 
+    check_path("out", out)
+    for name, value, item in (("layers", layers, str), ("channels", channels, int), ("vis_channels", vis_channels, int)):
+        check_list(name, value, item, optional=True)
     t0 = time.time()
     settings = settings or StudySettings()
     if isinstance(model, str):
         model = load_model(model, pretrained=pretrained, weights=weights, device=device, progress=progress)
-    layers = list(layers or [model.default_layer or model.layer_names[-1]])
+    layers = list(dict.fromkeys(layers or [model.default_layer or model.layer_names[-1]]))
     sae_layer = sae_layer or layers[-1]
-    validate(model, layers, channels, sae_layer)
-    for layer in layers:
-        for c in vis_channels or []:
-            model.check_channel(layer, c)
+    validate(model, layers, channels, sae_layer, settings, vis_channels)
     dataset = as_dataset(data, model, n=settings.n_images, seed=settings.data_seed)
+    _check_data(dataset, settings, settings.sae_expansion * model.channels(sae_layer))
 
     out = Path(out)
     run = open_run(out, create=True)
-    run.set_info(model=model.name, weights_sha256=model.weights_sha256, input_size=model.input_size,
-                 settings={"layers": layers, "sae_layer": sae_layer, "channels": channels, **asdict(settings)})
-    run.set_data_source(dataset.spec(), classes=getattr(dataset, "classes", None))
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    ctx = StudyContext(model, dataset, run, layers, sae_layer, channels, vis_channels, settings, progress, overwrite)
+    run.check_inputs(model, dataset, overwrite=overwrite)
+    for step in STEPS:  # every step checks its settings against the run before any work
+        step(ctx)
+    ctx.checking = False
+    run.add_model(model, overwrite=overwrite)
+    run.add_data(dataset, overwrite=overwrite)
+    run.set_settings("study", {"layers": layers, "sae_layer": sae_layer, "channels": channels,
+                               "vis_channels": vis_channels, **asdict(settings)})
+    for step in STEPS:
+        step(ctx)
 
-    for layer in layers:
-        _visualize_channels(model, run, layer, settings, progress, vis_channels)
-    _mine_channels(model, run, dataset, layers, settings, work, progress)
-    sae = _fit_sae(model, run, dataset, sae_layer, settings, work, progress)
-    chosen = channels if channels else _most_polysemantic(run, model, sae_layer, settings.n_split)
-    splits = [_split(model, run, dataset, sae, c, settings) for c in chosen]
-    _mine_features(model, run, dataset, sae, settings, work, progress)
-    _visualize_features(model, run, sae, splits, settings, progress)
+    report = measure(run, sae_layer, ctx.sae_name, ctx.split_channels)
+    report.out = str(out)
+    report.seconds = _seconds(out / "report.json", time.time() - t0, ctx.computed)
+    from .store.blobs import atomic_write
 
-    report = measure(run, sae_layer, sae.name, chosen)
-    report.out, report.seconds = str(out), time.time() - t0
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    atomic_write(out / "report.json", json.dumps(report.to_dict(), indent=2).encode())
     return report
 
 
+def _seconds(path: Path, elapsed: float, computed: bool) -> float:
+    """The compute time of everything in the run: a re-run adds its own, a re-run that reuses all adds none."""
+    before = json.loads(path.read_text()).get("seconds", 0.0) if path.exists() else 0.0
+    return before + elapsed if computed or not before else before
+
+
 # ---------------------------------------------------------------------------------- steps
-def _visualize_channels(model, run, layer: str, s: StudySettings, progress: bool,
-                        only: list[int] | None = None) -> None:
-    from .optvis import visualize
+def visualize_channels(ctx: StudyContext) -> None:
+    """Feature visualizations of the channels of every layer."""
+    from .store.publish import vis_slot
 
-    ids = [Unit(layer, c).id for c in (only if only is not None else range(model.channels(layer)))]
-    todo = [u for u in ids if not run.is_done("vis", u)]
-    if not todo:
-        _log(f"visualizations of {layer}: done already")
+    for layer in ctx.layers:
+        ids = [Unit(layer, c).id for c in (ctx.vis_channels if ctx.vis_channels is not None
+                                            else range(ctx.model.channels(layer)))]
+        _visualize(ctx, vis_slot(Unit(layer, 0), "positive"), f"visualizations of {layer}", ids)
+
+
+def _visualize(ctx: StudyContext, slot: str, what: str, ids: list[str]) -> None:
+    s = ctx.settings
+    ctx.state("vis", slot, ctx.vis_settings(), what)  # other settings: refused now, before any work
+    if ctx.checking or not ids:
         return
-    _log(f"visualizing {len(todo)} channels of {layer} ({s.vis_steps} steps, {s.vis_size} px)")
-    run.add_units([{"id": u, "layer": layer, "index": Unit.parse(u).index, "kind": "channel"} for u in ids])
-    results = visualize(model, todo, size=s.vis_size, steps=s.vis_steps, seed=s.seed, progress=progress)
-    with run.batch():
-        for uid, r in zip(todo, results):
-            run.put_visualization(uid, r.image, kind="positive", objective=r.objective, settings=r.settings)
-            run.mark_done("vis", uid)
+    n = ctx.run.visualize(ctx.model, ids, size=s.vis_size, steps=s.vis_steps, seed=s.seed, progress=ctx.progress,
+                          overwrite=ctx.overwrite)
+    if n:
+        ctx.computed = True
+        _log(f"{what}: rendered {n} images ({s.vis_steps} steps, {s.vis_size} px)")
+    else:
+        _log(f"{what}: done already")
 
 
-def _mine_channels(model, run, dataset, layers, s: StudySettings, work: Path, progress: bool) -> None:
-    from .mining import mine, write_to_run
+def mine_channels(ctx: StudyContext) -> None:
+    """Dataset examples and statistics of every channel: one pass over the data for the layers to do."""
+    from .store.steps import planned_mining_key
 
-    key = ",".join(layers)
-    if run.is_done("mine", key):
-        _log(f"dataset examples of {key}: done already")
-        return
-    _log(f"mining {len(dataset)} images for {key} (top {s.k})")
-    result = mine(model, dataset, layers, k=s.k, batch_size=s.batch_size, num_workers=s.num_workers,
-                  checkpoint=work / f"mine-{_slug(key)}.ckpt", progress=progress)
-    if result.skipped:
-        _log(f"skipped {len(result.skipped)} unreadable images (listed in the run's report)")
-    write_to_run(result, run, dataset, model=model, actmaps=True)
-    run.mark_done("mine", key)
+    key = planned_mining_key(k=ctx.settings.k)
+    todo = [layer for layer in ctx.layers if ctx.todo("mine", layer, key, f"dataset examples of {layer}")]
+    if todo:
+        _log(f"mining {len(ctx.dataset)} images for {', '.join(todo)} (top {ctx.settings.k})")
+        _mine(ctx, todo)
 
 
-def _fit_sae(model, run, dataset, layer: str, s: StudySettings, work: Path, progress: bool):
+def _mine(ctx: StudyContext, layers: list[str]) -> None:
+    s = ctx.settings
+    for result in ctx.run.mine(ctx.model, ctx.dataset, layers, k=s.k, batch_size=s.batch_size,
+                               num_workers=s.num_workers, progress=ctx.progress, actmaps=True,
+                               overwrite=ctx.overwrite):
+        if result.skipped:
+            _log(f"skipped {len(result.skipped)} unreadable images")
+
+
+def fit(ctx: StudyContext) -> None:
+    """An SAE on the SAE layer, named by :func:`~circuitsviz.units.sae_name`."""
     from .sae import Sampler, fit_sae, load_sae
 
-    name = _sae_name(s)
-    path = work / "sae" / name
-    if run.is_done("sae", name):
-        _log(f"SAE {name} on {layer}: done already")
-        return load_sae(path, model=model, layer=layer, device=model.device)
-    _log(f"fitting SAE {name} on {layer} ({s.sae_expansion}x expansion, k={s.sae_k})")
-    sae = fit_sae(model, dataset, layer, expansion=s.sae_expansion, k=s.sae_k, steps=s.sae_steps,
-                  n_images=s.sae_images or len(dataset), seed=s.seed,
-                  sampler=Sampler("per_image", per_image=s.sae_per_image), cache_root=work / "cache",
-                  out=path, name=name, progress=progress)
-    metrics = sae.metrics.to_dict() if hasattr(sae.metrics, "to_dict") else dict(sae.metrics)
-    run.put_sae(name, layer, config=sae.config.to_dict(), metrics=metrics, path=str(path))
-    run.mark_done("sae", name)
-    _log("SAE held-out metrics: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, float)))
-    return sae
+    s, layer, name = ctx.settings, ctx.sae_layer, ctx.sae_name
+    key = ctx.sae_settings()
+    if not ctx.todo("sae", ctx.sae_slot, key, f"SAE {ctx.sae_slot}"):
+        if not ctx.checking:
+            ctx.sae = load_sae(ctx.run.sae(name, layer).path, model=ctx.model, layer=layer, device=ctx.model.device)
+        return
+    _log(f"fitting SAE {ctx.sae_slot} ({s.sae_expansion}x expansion, k={s.sae_k})")
+    path = ctx.run.sae_dir(layer, name)
+    with ctx.run.lock(f"sae:{layer}"):  # another study or fit-sae on this layer finishes first
+        rec = ctx.run.step("sae", ctx.sae_slot)
+        if rec is not None and rec.complete and rec.settings == key:  # ... and may have fit this very SAE
+            ctx.sae = load_sae(ctx.run.sae(name, layer).path, model=ctx.model, layer=layer, device=ctx.model.device)
+            return
+        if rec is None or rec.settings != key:  # files of a replaced SAE: its checkpoint must not resume
+            shutil.rmtree(path, ignore_errors=True)
+        ctx.run.begin_step("sae", ctx.sae_slot, key)
+        sae = fit_sae(ctx.model, ctx.dataset, layer, expansion=s.sae_expansion, k=s.sae_k, steps=s.sae_steps,
+                      n_images=s.sae_images or len(ctx.dataset), seed=s.seed,
+                      sampler=Sampler("per_image", per_image=s.sae_per_image), cache_root=ctx.run.activations_dir,
+                      out=path, name=name, progress=ctx.progress)
+        ctx.run.add_sae(sae, path=path, settings=key, overwrite=ctx.overwrite)
+    ctx.sae = sae
+    _log("SAE held-out metrics: " + ", ".join(f"{k} {v:.3g}" for k, v in sae.metrics.items() if isinstance(v, float)))
 
 
-def _most_polysemantic(run, model, layer: str, n: int) -> list[int]:
-    stats = run.layer_stats(layer)
+def split(ctx: StudyContext) -> None:
+    """Split the named channels, or the most polysemantic, into the SAE's features."""
+    from .sae import split_channel
+
+    if ctx.checking:
+        return  # a split is a view of the SAE and the data (both checked): other settings recompute it
+    s = ctx.settings
+    ctx.split_channels = ctx.channels or _most_polysemantic(ctx.run, ctx.sae_layer, s.n_split)
+    for c in ctx.split_channels:
+        rec = ctx.run.step("split", f"{ctx.sae_slot}:{c}")
+        if rec is not None and rec.complete and rec.settings == {"top": s.split_top}:
+            _log(f"split of {ctx.sae_layer}:{c}: done already")
+        else:
+            ctx.computed = True
+            result = split_channel(ctx.sae, c, data=ctx.dataset, model=ctx.model, top=s.split_top)
+            ctx.run.add_split(result, settings={"top": s.split_top})
+            _log(result.table())
+        found = ctx.run.split(ctx.sae_layer, c, ctx.sae_name)
+        ctx.split_features.append([f.unit_id for f in found.features] if found else [])
+
+
+def mine_features(ctx: StudyContext) -> None:
+    """Dataset examples and statistics of every SAE feature."""
+    from .store.steps import planned_mining_key
+
+    key = planned_mining_key(k=ctx.settings.k, sae_settings=ctx.sae_settings())
+    if ctx.todo("mine", ctx.sae_slot, key, f"dataset examples of {ctx.sae_slot}"):
+        _log(f"mining {ctx.sae.n_latents} features of {ctx.sae_slot}")
+        _mine(ctx, [ctx.sae_slot])
+
+
+def visualize_features(ctx: StudyContext) -> None:
+    """Feature visualizations of the top features of each split, along their decoder directions."""
+    from .store.publish import vis_slot
+
+    wanted = list(dict.fromkeys(u for ranked in ctx.split_features for u in ranked[: ctx.settings.feature_vis]))
+    _visualize(ctx, vis_slot(Unit(ctx.sae_layer, 0, sae=ctx.sae_name), "positive"),
+               f"visualizations of {ctx.sae_slot}", wanted)
+
+
+# The pipeline, in order. A step is a function of the context; add one to extend the study.
+STEPS: list[Callable[[StudyContext], None]] = [
+    visualize_channels, mine_channels, fit, split, mine_features, visualize_features,
+]
+
+
+def _most_polysemantic(run, layer: str, n: int) -> list[int]:
     scored = []
-    for uid, st in stats.items():
+    for uid, st in run.layer_stats(layer).items():
         unit = Unit.parse(uid)
         if unit.sae is not None:
             continue
         cc = (st.scores or {}).get("concept_count")
-        key = (cc if cc is not None else 0, st.max or 0.0)
-        scored.append((key, unit.index))
+        scored.append(((cc if cc is not None else 0, st.max or 0.0), unit.index))
     scored.sort(key=lambda t: (-t[0][0], -t[0][1], t[1]))
     return [c for _, c in scored[:n]]
-
-
-def _split(model, run, dataset, sae, channel: int, s: StudySettings) -> list[str]:
-    """Split ``channel`` into SAE features; return the ranked feature unit ids."""
-    from .sae import split_channel
-
-    key = f"{sae.layer}:{channel}"
-    if run.is_done("split", key):
-        _log(f"split of {key}: done already")
-        return [f.unit_id for f in run.split(sae.layer, channel, sae.name).features]
-    result = split_channel(sae, channel, data=dataset, model=model, top=s.split_top)
-    with run.batch():
-        run.add_units([{"id": f.unit_id, "layer": sae.layer, "index": f.feature, "kind": "feature", "sae": sae.name}
-                       for f in result.features])
-        run.put_split(sae.layer, channel, sae=sae.name, features=result.to_store_rows())
-    run.mark_done("split", key)
-    _log(result.table())
-    return [f.unit_id for f in result.features]
-
-
-def _mine_features(model, run, dataset, sae, s: StudySettings, work: Path, progress: bool) -> None:
-    from .mining import mine, write_to_run
-
-    key = f"{sae.layer}/{sae.name}"
-    if run.is_done("mine", key):
-        _log(f"dataset examples of {key}: done already")
-        return
-    _log(f"mining {sae.n_latents} features of {key}")
-    result = mine(model, dataset, [sae.layer], k=s.k, batch_size=s.batch_size, num_workers=s.num_workers,
-                  transform=sae, checkpoint=work / f"mine-{_slug(key)}.ckpt", progress=progress)
-    with run.batch():
-        run.add_units([{"id": Unit(sae.layer, f, sae=sae.name).id, "layer": sae.layer, "index": f,
-                        "kind": "feature", "sae": sae.name} for f in range(sae.n_latents)])
-        for f in range(sae.n_latents):
-            w = sae.decoder_direction(f).cpu()
-            top = torch.argsort(w.abs(), descending=True)[:8]
-            run.put_feature(Unit(sae.layer, f, sae=sae.name).id, sae=sae.name,
-                            decoder_top=[(int(c), float(w[c])) for c in top])
-    write_to_run(result, run, dataset, sae=sae.name, model=model, actmaps=True, transform=sae)
-    run.mark_done("mine", key)
-
-
-def _visualize_features(model, run, sae, splits, s: StudySettings, progress: bool) -> None:
-    from .optvis import direction, visualize
-
-    wanted = []
-    for ranked in splits:
-        for uid in ranked[: s.feature_vis]:
-            if uid not in wanted and not run.is_done("vis", uid):
-                wanted.append(uid)
-    if not wanted:
-        return
-    _log(f"visualizing {len(wanted)} SAE features along their decoder directions")
-    objectives = [direction(sae.layer, sae.decoder_direction(Unit.parse(u).index)) for u in wanted]
-    results = visualize(model, objectives, size=s.vis_size, steps=s.vis_steps, seed=s.seed, progress=progress)
-    with run.batch():
-        for uid, r in zip(wanted, results):
-            run.put_visualization(uid, r.image, kind="positive", objective=r.objective, settings=r.settings)
-            run.mark_done("vis", uid)
 
 
 # ---------------------------------------------------------------------------------- measurement
@@ -359,7 +479,3 @@ def measure(run, layer: str, sae: str | None, split_channels: list[int]) -> Stud
                       purity=by_id.get(f.unit_id, (0, 0.0))[1]) for f in sp.features]
         report.splits.append(SplitSummary(Unit(layer, c).id, cc, pur, sum(f["share"] for f in feats), feats))
     return report
-
-
-def _slug(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:10]

@@ -1,17 +1,19 @@
-"""The viewer in a real headless Chromium: a person sees the images, and links carry the ids."""
+"""The viewer in a real headless Chromium: a person sees the split, and links carry the ids.
+
+The demo-run test needs a finished demo run: ``$CIRCUITSVIZ_DEMO_RUN`` names one (``make demo``
+writes ``runs/demo``); otherwise the test runs the demo study first (a few minutes: slow).
+"""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
+from .test_serve import free_port, wait_healthy
 
 from circuitsviz.store import open_run
 from circuitsviz.store.synthetic import write_synthetic_run
@@ -19,6 +21,7 @@ from circuitsviz.store.synthetic import write_synthetic_run
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
+VIEWPORT = {"width": 1400, "height": 1000}
 
 pytestmark = [
     pytest.mark.browser,
@@ -26,35 +29,17 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    fake = write_synthetic_run(tmp_path_factory.mktemp("browser") / "run")
+def serve(path: Path, cache: Path):
+    """``circuitsviz serve PATH`` on a free port; returns the base URL and the server process."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "apps" / "viewer.py"), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--", str(fake.path)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(base + "/_stcore/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"streamlit did not start: {proc.stdout.read().decode(errors='replace')[-2000:]}")
-            time.sleep(0.5)
-    yield base, fake
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CIRCUITSVIZ_CACHE": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-m", "circuitsviz", "serve", str(path), "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_healthy(proc, port)
+    return f"http://127.0.0.1:{port}", proc
+
+
+def stop(proc) -> None:
     proc.terminate()
     try:
         proc.wait(10)
@@ -62,53 +47,132 @@ def served(tmp_path_factory):
         proc.kill()
 
 
-def wait_until_idle(page) -> None:
-    """Wait for the script run to finish and every image on the page to have loaded."""
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=60_000)
-    page.wait_for_function(
-        "() => Array.from(document.querySelectorAll('[data-testid=\"stMain\"] img')).every(i => i.complete)",
-        timeout=60_000)
-
-
-def loaded_images(page, selector: str) -> list[int]:
-    return page.eval_on_selector_all(selector, "els => els.map(e => e.naturalWidth)")
-
-
-def test_compare_deep_link_shows_images_and_links_to_a_feature(served):
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
-    base, fake = served
-    ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
+        b = p.chromium.launch(
             executable_path=CHROMIUM,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1400})
-            page.goto(f"{base}/compare?run={fake.path}&unit={fake.split_channel}")
-            page.get_by_role("heading", name=f"{fake.split_channel} and its SAE features").wait_for(timeout=60_000)
-            wait_until_idle(page)
-            page.screenshot(path=str(ARTIFACTS / "viewer-compare.png"), full_page=True)
+        yield b
+        b.close()
 
-            widths = loaded_images(page, '[data-testid="stMain"] [data-testid="stImage"] img')
-            run = open_run(fake.path)
-            split = run.split(*fake.split_channel.split(":"))
-            expected = (len(run.visualizations(fake.split_channel, "positive") + run.visualizations(fake.split_channel, "diversity"))
-                        + min(12, len(run.examples(fake.split_channel)))
-                        + sum(1 + min(6, len(run.examples(f.unit_id))) for f in split.features))
-            assert len(widths) == expected, widths
-            assert all(w > 0 for w in widths), widths
 
-            feature = fake.features[0]
-            page.locator('[data-testid="stMain"] a', has_text="open feature").first.click()
-            page.get_by_role("heading", name=feature).wait_for(timeout=60_000)
-            wait_until_idle(page)
-            url = urllib.parse.urlparse(page.url)
-            assert url.path.endswith("/feature"), page.url
-            assert urllib.parse.parse_qs(url.query)["unit"] == [feature], page.url
-            widths = loaded_images(page, '[data-testid="stMain"] [data-testid="stImage"] img')
-            assert widths and all(w > 0 for w in widths), widths
-            page.screenshot(path=str(ARTIFACTS / "viewer-feature.png"), full_page=True)
-        finally:
-            browser.close()
+def open_page(browser, base: str, outside: list[str]):
+    page = browser.new_page(viewport=VIEWPORT)
+    page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:")) else outside.append(r.url))
+    return page
+
+
+def visit(page, url: str) -> None:
+    page.goto(url)
+    wait_until_idle(page)
+
+
+def wait_until_idle(page) -> None:
+    """Wait for the script run to finish and every image in view to have loaded."""
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=90_000)
+    page.wait_for_function(
+        """() => Array.from(document.querySelectorAll('[data-testid="stMain"] img')).every(i => {
+               const r = i.getBoundingClientRect();
+               return i.complete || r.top > window.innerHeight;   // lazy images below the fold may wait
+           })""", timeout=90_000)
+
+
+def broken_images(page) -> list[str]:
+    return page.eval_on_selector_all(
+        '[data-testid="stMain"] img',
+        "els => els.filter(e => e.complete && e.naturalWidth === 0 && e.getBoundingClientRect().top < innerHeight)"
+        ".map(e => e.src.slice(0, 80))")
+
+
+# ---------------------------------------------------------------- a synthetic run (fast)
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    fake = write_synthetic_run(tmp / "run")
+    base, proc = serve(fake.path, tmp / "cache")
+    yield base, fake
+    stop(proc)
+
+
+def test_deep_links_navigate_and_nothing_is_fetched_from_outside(synthetic, browser):
+    base, fake = synthetic
+    outside: list[str] = []
+    page = open_page(browser, base, outside)
+    visit(page, f"{base}/layer?layer=mixed4e")
+    assert page.get_by_role("heading", name="mixed4e · 16 channels").is_visible()
+    assert not broken_images(page)
+    assert page.locator('[data-testid="stAppDeployButton"]').count() == 0 or \
+        not page.locator('[data-testid="stAppDeployButton"]').first.is_visible()
+
+    visit(page, f"{base}/compare?unit={fake.split_channel}")
+    feature = fake.features[0]
+    page.locator(f'.cv-fcard[data-feature="{feature}"] a').first.click()
+    page.get_by_role("heading", name=feature).wait_for(timeout=60_000)
+    wait_until_idle(page)
+    url = urllib.parse.urlparse(page.url)
+    assert url.path.endswith("/feature") and urllib.parse.parse_qs(url.query)["unit"] == [feature], page.url
+    assert not broken_images(page)
+    side = page.locator('[data-testid="stSidebar"] a', has_text="Compare").get_attribute("href")
+    assert f"unit={fake.split_channel}" in urllib.parse.unquote(side)  # the sidebar keeps the unit's channel
+    page.reload()
+    page.get_by_role("heading", name=feature).wait_for(timeout=60_000)  # the deep link survives a reload
+    assert outside == [], outside
+    page.close()
+
+
+# ---------------------------------------------------------------- the demo run (the evidence)
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    path = os.environ.get("CIRCUITSVIZ_DEMO_RUN")
+    if not path:
+        path = tmp / "demo"
+        subprocess.run([sys.executable, "-m", "circuitsviz", "demo", "--out", str(path), "--no-serve"], cwd=ROOT,
+                       check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
+    base, proc = serve(Path(path), tmp / "cache")
+    yield base, open_run(path)
+    stop(proc)
+
+
+@pytest.mark.slow
+def test_demo_compare_page_shows_the_split_of_mixed3b_1(demo, browser):
+    base, run = demo
+    outside: list[str] = []
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = open_page(browser, base, outside)
+    visit(page, f"{base}/compare?unit=mixed3b:1")
+    page.get_by_role("heading", name="mixed3b:1 and its SAE features").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "viewer-compare.png"))
+
+    # the stacked bar: its parts' shares, and the drawn widths, make up the whole channel
+    shares = page.eval_on_selector_all(".cv-sharebar [data-share]", "els => els.map(e => +e.dataset.share)")
+    assert abs(sum(shares) - 1.0) < 0.01, shares
+    widths = page.eval_on_selector_all(".cv-sharebar [data-share]", "els => els.map(e => e.getBoundingClientRect().width)")
+    bar = page.locator(".cv-share").bounding_box()["width"]
+    assert abs(sum(widths) - bar) / bar < 0.01, (widths, bar)
+
+    # every feature of the split, each with a concept label the reader can see
+    split = run.split("mixed3b", 1)
+    cards = page.locator(".cv-fcard")
+    assert cards.evaluate_all("els => els.map(e => e.dataset.feature)") == [f.unit_id for f in split.features]
+    for i in range(cards.count()):
+        label = cards.nth(i).locator(".cv-concept")
+        assert label.get_attribute("data-concept") and label.inner_text().strip() not in ("", "no concept")
+
+    # the concept chart: at least three concepts at or above half the best one's mean
+    above = page.locator('.cv-concepts [data-above="1"]')
+    assert above.count() >= 3
+    assert not broken_images(page)
+
+    for name, path in (("unit", "/unit?unit=mixed3b:1"), ("feature", f"/feature?unit={split.features[0].unit_id}"),
+                       ("layer", "/layer?layer=mixed3b")):
+        visit(page, base + path)
+        assert not page.locator('[data-testid="stException"]').count()
+        assert not broken_images(page)
+        page.screenshot(path=str(ARTIFACTS / f"viewer-{name}.png"))
+    assert outside == [], outside
+    page.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from circuitsviz.mining import mine, write_to_run
+from circuitsviz.mining import mine
 
 from .test_mining import Images, tiny_model
 
@@ -16,7 +16,7 @@ def test_written_examples_stats_and_receptive_boxes_read_back(tmp_path):
     model, data = tiny_model(), Images(n=20)
     result = mine(model, data, "4", k=3, batch_size=8, progress=False, mean_top_k=True)
     run = store.open_run(tmp_path / "run", create=True)
-    assert write_to_run(result, run, data, model=model) == 6
+    assert run.add_mining(result, data, model=model) == 6
     r = result.layers["4"]
     ys, xs = r.top_yx()
     for u in range(6):
@@ -44,7 +44,7 @@ def test_sae_features_are_written_as_feature_units(tmp_path):
     model, data = tiny_model(), Images(n=12)
     result = mine(model, data, "4", k=2, batch_size=4, progress=False, transform=lambda a: torch.relu(a[:, :3]))
     run = store.open_run(tmp_path / "run", create=True)
-    write_to_run(result, run, data, sae="sae")
+    run.add_mining(result, data, sae="sae")
     assert sorted(u.id for u in run.units(kind="feature")) == ["4/sae:0", "4/sae:1", "4/sae:2"]
     assert [e.image_id for e in run.examples("4/sae:1")] == [f"img{i}" for i in result.layers["4"].top_index[1]]
 
@@ -54,7 +54,7 @@ def test_stored_activation_maps_are_each_examples_own_map(tmp_path):
     import torch
 
     from circuitsviz.data import ConceptDataset
-    from circuitsviz.mining import mine, write_to_run
+    from circuitsviz.mining import mine
     from circuitsviz.models import load_model
     from circuitsviz.store import open_run
 
@@ -63,7 +63,7 @@ def test_stored_activation_maps_are_each_examples_own_map(tmp_path):
     result = mine(model, data, ["mixed3b"], k=4, batch_size=16, progress=False)
     run = open_run(tmp_path / "run", create=True)
     run.set_data_source(data.spec(), classes=data.classes)
-    write_to_run(result, run, data, model=model, actmaps=True)
+    run.add_mining(result, data, model=model, actmaps=True)
     for u in (0, 5):
         for ex in run.examples(f"mixed3b:{u}"):
             image = data[data.index_of(ex.image_id)][0][None]

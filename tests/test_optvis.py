@@ -177,8 +177,14 @@ def test_lucent_transforms_draw_from_the_global_numpy_rng_unlike_ours():
     assert not np.array_equal(np.random.get_state()[1], state[1]) or np.random.get_state()[2] != state[2]
     np.random.set_state(state)
     plan_a = StandardTransforms().plan(8, [torch.Generator().manual_seed(3)])
+    np.random.seed(12345)                      # disturb every global generator between the two plans
+    torch.manual_seed(12345)
+    transform.jitter(8)(torch.zeros(1, 3, 16, 16))
     plan_b = StandardTransforms().plan(8, [torch.Generator().manual_seed(3)])
+    np.random.set_state(state)
     assert torch.equal(plan_a, plan_b)
+    other = StandardTransforms().plan(8, [torch.Generator().manual_seed(4)])
+    assert not torch.equal(plan_a, other)      # the plan does depend on the per-image generator
 
 
 # --------------------------------------------------------------------------- objectives

@@ -28,12 +28,12 @@ def test_visualize_cli_writes_one_visualization_per_channel_into_the_run(tmp_pat
     from PIL import Image
 
     from circuitsviz.models import load_model
-    from circuitsviz.optvis import channel, visualize
+    from circuitsviz.optvis import visualize
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = load_model("inceptionv1", pretrained=False)
-    [r] = visualize(model, channel("conv2d0", 5), size=24, steps=3, progress=False)
+    [r] = visualize(model, "conv2d0:5", size=24, steps=3, progress=False)
     assert np.array_equal(np.asarray(Image.open(vis.path).convert("RGB")), r.image)
     assert vis.objective == pytest.approx(r.objective)
     assert "wrote 3 images" in capsys.readouterr().out

@@ -19,3 +19,14 @@ def test_help_lists_every_capability():
                          timeout=120).stdout
     for command in ("layers", "visualize", "mine", "merge", "fit-sae", "split", "serve", "data", "study", "demo"):
         assert f"    {command}" in out
+
+
+def test_type_checkers_see_every_lazy_name():
+    """The ``TYPE_CHECKING`` imports (what IDEs read) name exactly the lazily exported names."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(cv.__file__).read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    seen = {a.asname or a.name for imp in block.body for a in imp.names}
+    assert seen == set(cv.__all__)

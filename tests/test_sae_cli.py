@@ -22,7 +22,7 @@ def test_fit_sae_then_split_records_ranked_features_in_the_run(tmp_path, capsys)
     rc = main(["fit-sae", *common, "--data", str(images), "--layer", "mixed3a", "--expansion", "1", "--k", "4",
                "--sampler", "all", "--steps", "8", "--batch-size", "128", "--out", str(run), "--no-progress"])
     assert rc == 0
-    sae_dir = run / "saes" / "topk4x1"
+    sae_dir = run / "saes" / "mixed3a" / "topk1x_k4"
     assert json.loads((sae_dir / "sae.json").read_text())["config"]["layer"] == "mixed3a"
     assert len((sae_dir / "train_log.jsonl").read_text().splitlines()) >= 2
 
@@ -30,7 +30,7 @@ def test_fit_sae_then_split_records_ranked_features_in_the_run(tmp_path, capsys)
     rc = main(["split", "--run", str(run), "--layer", "mixed3a", "--channel", "999"])
     assert rc == 2 and "valid: 0..255" in capsys.readouterr().err
     rc = main(["split", "--run", str(run), "--layer", "mixed4e", "--channel", "1"])
-    assert rc == 2 and "no SAE for layer 'mixed4e'" in capsys.readouterr().err
+    assert rc == 2 and "no SAE on layer 'mixed4e'" in capsys.readouterr().err
 
     sae = load_sae(sae_dir)
     samples = np.concatenate([np.load(p) for p in sorted(run.glob("activations/*/acts_*.npy"))])
@@ -38,13 +38,10 @@ def test_fit_sae_then_split_records_ranked_features_in_the_run(tmp_path, capsys)
     capsys.readouterr()
     rc = main(["split", "--run", str(run), "--layer", "mixed3a", "--channel", str(channel), "--top", "3"])
     out = capsys.readouterr().out
-    assert rc == 0 and f"mixed3a/topk4x1:" in out
-    try:
-        from circuitsviz.store import open_run
-    except ImportError:
-        assert (sae_dir / f"split_mixed3a_{channel}.json").exists()
-        return
+    assert rc == 0 and "mixed3a/topk1x_k4:" in out
+    from circuitsviz.store import open_run
+
     stored = open_run(run).split("mixed3a", channel)
     want = split_channel(sae, channel, data=open_cache(sae.config.extra["cache"]), top=3)
     assert [f.unit_id for f in stored.features] == [f.unit_id for f in want.features]
-    assert open_run(run).saes("mixed3a")[0].name == "topk4x1"
+    assert open_run(run).saes("mixed3a")[0].name == "topk1x_k4"

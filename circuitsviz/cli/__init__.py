@@ -14,7 +14,7 @@ from ..errors import CircuitsvizError
 from ..runtime import retain_freed_memory
 
 # Order is the order `circuitsviz --help` lists them in.
-SUBCOMMANDS = ["layers", "visualize", "mine", "merge", "sae", "serve", "data", "study"]
+SUBCOMMANDS = ["layers", "visualize", "mine", "merge", "sae", "circuit", "serve", "data", "study", "verify"]
 
 EPILOG = """\
 typical session:
@@ -22,8 +22,12 @@ typical session:
   circuitsviz visualize --model inceptionv1 --layer mixed4e --channels 55 --out runs/cat
   circuitsviz mine --model inceptionv1 --data ~/imagenet/val --layers mixed4e --out runs/cat
   circuitsviz fit-sae --model inceptionv1 --data ~/imagenet/val --layer mixed4e --out runs/cat
-  circuitsviz split --run runs/cat --layer mixed4e --channel 55
+  circuitsviz split --run runs/cat --channel mixed4e:55
+  circuitsviz visualize --model inceptionv1 --units mixed4e/topk8x_k32:17 --out runs/cat
   circuitsviz serve runs/cat
+
+Every command writes into the run through the publishing API (circuitsviz/store/SPEC.md) and
+remembers the settings of each step: other settings stop before any work unless --overwrite.
 
 or all of it at once:  circuitsviz study --model demo --data procedural --out runs/demo
 """

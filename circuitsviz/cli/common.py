@@ -29,3 +29,16 @@ def resolve_device(name: str | None) -> str:
 def model_from_args(args: argparse.Namespace) -> VisionModel:
     return load_model(args.model, pretrained=args.pretrained, weights=args.weights,
                       device=resolve_device(args.device))
+
+
+def add_run_args(p: argparse.ArgumentParser, flag: str = "--out") -> None:
+    """The run a command writes into, and the flag that lets it replace results made with other settings."""
+    p.add_argument(flag, required=True, metavar="RUN", help="run directory to write into, e.g. runs/NAME (created if missing)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace results the run holds for other settings (and what was made from them); "
+                   "without it such a call stops before any work and names the changed setting")
+
+
+def split_list(text: str | None) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``."""
+    return [s.strip() for s in (text or "").split(",") if s.strip()]

@@ -3,29 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 from pathlib import Path
 
 from ..errors import BadInputError
-from .common import add_model_args, model_from_args
+from .common import add_model_args, add_run_args, model_from_args
 
 FIT_EPILOG = """\
 examples:
   circuitsviz fit-sae --model inceptionv1 --data ~/imagenet/val --layer mixed4e --expansion 8 --k 32 --out runs/cat
-  circuitsviz fit-sae --model demo --data procedural --layer mixed4 --k 2 --out runs/demo
+  circuitsviz fit-sae --model demo --data procedural --layer mixed3b --k 2 --out runs/demo
   circuitsviz fit-sae --data ~/imagenet/val --layer mixed4e --sampler channel --channel 55 --out runs/cat
 
 Each spatial position of the layer is one sample. Samples are cached under OUT/activations/<hash>
-(reused by identical requests); the SAE, its checkpoint and training curve go to OUT/saes/NAME.
-Interrupted? Run the same command again: it resumes from the last checkpoint.
+(reused by identical requests); the SAE, its checkpoint and training curve go to
+OUT/saes/LAYER/NAME. Interrupted? Run the same command again: it resumes from the last
+checkpoint. A second fit of the same layer into the same run waits for the first; the same
+settings then reuse its SAE, other settings under the same name stop unless --overwrite.
 """
 
 SPLIT_EPILOG = """\
 example:
-  circuitsviz split --run runs/cat --layer mixed4e --channel 55 --top 8
+  circuitsviz split --run runs/cat --channel mixed4e:55 --top 8
+  circuitsviz split --run runs/demo --layer mixed3b --channel 1 --sae topk8x_k1
 
 Ranks the SAE's features by the share of the channel's activation they write (over the samples
-fit-sae cached, or over --data images), prints them and records them in the run.
+the SAE was fit on, or over --data images), prints them and records them in the run. Any SAE
+the run's index knows can split: one fit by fit-sae or by study.
 """
 
 
@@ -37,8 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--data", required=True, help="image folder, 'procedural', or an activation-cache directory")
     p.add_argument("--layer", help="layer to fit (default: the model's default layer)")
-    p.add_argument("--out", required=True, help="run directory (runs/NAME)")
-    p.add_argument("--name", help="SAE name, used in unit ids layer/NAME:17 (default: topk<k>x<expansion>)")
+    add_run_args(p)
+    p.add_argument("--name", help="SAE name, used in unit ids layer/NAME:17 (default: topk<expansion>x_k<k>, "
+                   "e.g. topk8x_k32; relu<expansion>x)")
     g = p.add_argument_group("SAE")
     g.add_argument("--kind", choices=["topk", "relu"], default="topk")
     g.add_argument("--expansion", type=int, default=8, help="features per channel (default: %(default)s)")
@@ -62,111 +67,128 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("split", help="split a channel into the SAE features that write into it",
                        description="Rank an SAE's features by their share of one channel's activation.",
                        epilog=SPLIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("--run", required=True, help="run directory written by fit-sae")
-    q.add_argument("--layer", required=True)
-    q.add_argument("--channel", type=int, required=True)
-    q.add_argument("--sae", help="SAE name (default: the run's only SAE on --layer)")
+    q.add_argument("--run", required=True, help="run directory holding the SAE (fit by fit-sae or study)")
+    q.add_argument("--layer", help="layer of the channel (or give --channel as LAYER:CHANNEL)")
+    q.add_argument("--channel", required=True, help="the channel: an index with --layer, or an id such as mixed4e:55")
+    q.add_argument("--sae", help="SAE name (default: the run's only SAE on the layer)")
     q.add_argument("--top", type=int, default=8)
-    q.add_argument("--data", help="images to split over (default: the samples fit-sae cached)")
+    q.add_argument("--data", help="images to split over (default: the samples the SAE was fit on)")
     q.add_argument("--max-samples", type=int, help="use at most this many samples")
     add_model_args(q)
     q.set_defaults(func=run_split)
 
 
+def _check_fit_args(args: argparse.Namespace, model, layer: str) -> None:
+    """Everything fit_sae would refuse late, refused before any work."""
+    if args.sampler == "channel":
+        if args.channel is None:
+            raise BadInputError("--sampler channel needs --channel N")
+        model.check_channel(layer, args.channel)
+    latents = args.expansion * model.channels(layer)
+    if args.expansion < 1 or args.images < 1 or args.per_image < 1 or args.batch_size < 1:
+        raise BadInputError("--expansion, --images, --per-image and --batch-size must be >= 1")
+    if args.kind == "topk" and not 1 <= args.k <= latents:
+        raise BadInputError(f"--k {args.k} is out of range for {latents} features "
+                            f"({args.expansion} x {model.channels(layer)} channels); valid: 1..{latents}")
+    if args.steps is not None and args.steps < 1:
+        raise BadInputError(f"--steps must be >= 1, got {args.steps}")
+
+
 def run_fit(args: argparse.Namespace) -> int:
-    from ..sae import Sampler, fit_sae
+    from ..data import as_dataset
+    from ..sae import Sampler, fit_sae, load_sae
+    from ..store import open_run
+    from ..store.steps import sae_key
+    from ..units import sae_name
 
     model = model_from_args(args)
     layer = args.layer or getattr(model, "default_layer", None)
     if not layer:
         raise BadInputError(f"give --layer; valid layers: {', '.join(model.layer_names)}")
-    if args.sampler == "channel":
-        if args.channel is None:
-            raise BadInputError("--sampler channel needs --channel N")
-        model.check_channel(layer, args.channel)
-    out = Path(args.out)
-    name = args.name or (f"topk{args.k}x{args.expansion}" if args.kind == "topk" else f"relux{args.expansion}")
-    sae = fit_sae(
-        model, args.data, layer, expansion=args.expansion, k=args.k, kind=args.kind, l1_coef=args.l1_coef,
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        sampler=Sampler(args.sampler, per_image=args.per_image, rate=args.rate, channel=args.channel),
-        n_images=args.images, cache_root=args.cache_dir or out / "activations", dtype=args.dtype,
-        out=out / "saes" / name, name=name, progress=args.progress,
-    )
+    model.layer(layer)
+    _check_fit_args(args, model, layer)
+    is_cache = (Path(args.data) / "metadata.json").is_file()
+    data = args.data if is_cache else as_dataset(args.data, model, n=args.images)
+    name = args.name or sae_name(args.kind, args.expansion, args.k)
+    sampler = Sampler(args.sampler, per_image=args.per_image, rate=args.rate, channel=args.channel)
+    key = sae_key(kind=args.kind, expansion=args.expansion, k=args.k, l1_coef=args.l1_coef, steps=args.steps,
+                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, sampler=sampler, n_images=args.images,
+                  dtype=args.dtype)
+    run = open_run(args.out, create=True)
+    slot, path = f"{layer}/{name}", run.sae_dir(layer, name)
+    run.check_inputs(model, None if is_cache else data, overwrite=args.overwrite)
+    run.check_step("sae", slot, key, overwrite=args.overwrite, what=f"SAE {slot}")
+    with run.lock(f"sae:{layer}"):  # a second fit on this layer waits here, then finds the first's SAE
+        if run.check_step("sae", slot, key, overwrite=args.overwrite, what=f"SAE {slot}"):
+            sae = load_sae(run.sae(name, layer).path, model=model, layer=layer)
+            print(f"{slot}: in the run already with these settings ({path})")
+            return 0
+        rec = run.step("sae", slot)
+        if rec is None or rec.settings != key:  # files of a replaced SAE: its checkpoint must not resume
+            shutil.rmtree(path, ignore_errors=True)
+        run.add_model(model, overwrite=args.overwrite)
+        if not is_cache:
+            run.add_data(data, overwrite=args.overwrite)
+        run.begin_step("sae", slot, key)
+        sae = fit_sae(
+            model, data, layer, expansion=args.expansion, k=args.k, kind=args.kind, l1_coef=args.l1_coef,
+            steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, sampler=sampler,
+            n_images=args.images, cache_root=args.cache_dir or run.activations_dir, dtype=args.dtype,
+            out=path, name=name, progress=args.progress,
+        )
+        run.add_sae(sae, path=path, settings=key, overwrite=args.overwrite)
     m = sae.metrics
-    print(f"{layer}/{name}: {sae.n_latents} features, held-out FVU {m['fvu']:.4f}, L0 {m['l0']:.2f}, "
-          f"dead {m['dead_fraction']:.1%}, dense {m['dense_fraction']:.1%}  -> {out / 'saes' / name}")
-    store = _open_store(out)
-    if store is not None:
-        if store.info().model is None:  # a fresh run; never overwrite another step's settings
-            store.set_info(model=model.name, weights_sha256=model.weights_sha256, input_size=model.input_size)
-        store.put_sae(name, layer, config=sae.config.to_dict(), metrics=m, path=str(out / "saes" / name))
+    print(f"{slot}: {sae.n_latents} features, held-out FVU {m['fvu']:.4f}, L0 {m['l0']:.2f}, "
+          f"dead {m['dead_fraction']:.1%}, dense {m['dense_fraction']:.1%}  -> {path}")
     return 0
 
 
 def run_split(args: argparse.Namespace) -> int:
     from ..sae import load_sae, open_cache, split_channel
+    from ..store import open_run
+    from ..units import Unit
 
-    run_dir = Path(args.run)
-    sae_dir = _find_sae(run_dir, args.layer, args.sae)
-    sae = load_sae(sae_dir, layer=args.layer)
+    if args.layer is None:
+        unit = Unit.parse(args.channel)
+        layer, channel = unit.layer, unit.index
+    else:
+        try:
+            layer, channel = args.layer, int(args.channel)
+        except ValueError:
+            raise BadInputError(f"--channel {args.channel!r} must be an index with --layer, "
+                                "or an id such as mixed4e:55 without it") from None
+    if args.top < 1:
+        raise BadInputError(f"--top must be >= 1, got {args.top}")
+    # An existing run only (no index: open_run names the problem), opened for writing the split.
+    run = open_run(args.run, create=(Path(args.run) / "index.sqlite").is_file())
+    record = _find_sae(run, layer, args.sae)
+    model = model_from_args(args) if args.data else None
+    sae = load_sae(record.path, model=model, layer=layer)
     if args.data:
-        model = model_from_args(args)
-        sae = load_sae(sae_dir, model=model, layer=args.layer)
         data = args.data
     else:
-        model, cache = None, sae.config.extra.get("cache")
+        cache = sae.config.extra.get("cache")
         if not cache or not Path(cache).exists():
-            raise BadInputError(f"the samples this SAE was fit on are gone ({cache}); pass --data IMAGES")
+            raise BadInputError(f"the samples SAE {layer}/{record.name} was fit on are gone ({cache}); "
+                                "pass --data IMAGES")
         data = open_cache(cache)
-    result = split_channel(sae, args.channel, data=data, top=args.top, model=model, max_samples=args.max_samples)
+    result = split_channel(sae, channel, data=data, top=args.top, model=model, max_samples=args.max_samples)
     print(result.table())
-    store = _open_store(run_dir)
-    if store is None:
-        path = sae_dir / f"split_{args.layer}_{args.channel}.json"
-        path.write_text(json.dumps(result.to_dict(), indent=1))
-        print(f"(no results store available; wrote {path})")
-        return 0
-    store.put_sae(sae.name, sae.layer, config=sae.config.to_dict(), metrics=sae.metrics, path=str(sae_dir))
-    store.add_units([{"id": f.unit_id, "layer": sae.layer, "index": f.feature, "kind": "feature"}
-                     for f in result.features])
-    for f in result.features:
-        store.put_feature(f.unit_id, sae=sae.name, decoder_top=top_decoder_weights(sae, f.feature),
-                          freq=f.frequency, mean_act=f.mean_activation)
-    store.put_split(sae.layer, args.channel, sae=sae.name, features=result.to_store_rows())
-    print(f"recorded the split of {args.layer}:{args.channel} in {run_dir}")
+    run.add_split(result)
+    print(f"recorded the split of {layer}:{channel} in {args.run}")
     return 0
 
 
-def top_decoder_weights(sae, feature: int, n: int = 8) -> list[tuple[int, float]]:
-    """The ``n`` channels the feature writes most strongly into (raw activation units)."""
-    d = sae.decoder_direction(feature)
-    order = d.abs().argsort(descending=True)[:n]
-    return [(int(c), float(d[c])) for c in order]
-
-
-def _find_sae(run_dir: Path, layer: str, name: str | None) -> Path:
-    saes = sorted(p.parent for p in (run_dir / "saes").glob("*/sae.json"))
-    on_layer = [p for p in saes if json.loads((p / "sae.json").read_text())["config"].get("layer") == layer]
+def _find_sae(run, layer: str, name: str | None):
+    """The SAE on ``layer`` the run's index knows: the one named, or the only one."""
     if name is not None:
-        match = [p for p in saes if p.name == name]
-        if not match:
-            from ..errors import UnknownNameError
-
-            raise UnknownNameError("SAE", name, [p.name for p in saes])
-        return match[0]
+        return run.sae(name, layer)
+    on_layer = run.saes(layer)
     if len(on_layer) == 1:
         return on_layer[0]
     if not on_layer:
-        raise BadInputError(f"no SAE for layer {layer!r} in {run_dir}; run fit-sae first "
-                            f"(SAEs there: {', '.join(p.name for p in saes) or 'none'})")
-    raise BadInputError(f"several SAEs on {layer!r} in {run_dir}; choose one with --sae: "
-                        f"{', '.join(p.name for p in on_layer)}")
-
-
-def _open_store(run_dir: Path):
-    try:
-        from ..store import open_run
-    except ImportError:
-        return None
-    return open_run(run_dir, create=True)
+        others = ", ".join(f"{s.layer}/{s.name}" for s in run.saes()) or "none"
+        raise BadInputError(f"no SAE on layer {layer!r} in {run.path}; fit one first with `circuitsviz fit-sae` "
+                            f"(SAEs there: {others})")
+    raise BadInputError(f"several SAEs on {layer!r} in {run.path}; choose one with --sae: "
+                        f"{', '.join(s.name for s in on_layer)}")

@@ -7,7 +7,7 @@ from dataclasses import fields
 
 from ..study import StudySettings, study
 from ..units import parse_channels
-from .common import add_model_args, resolve_device
+from .common import add_model_args, add_run_args, resolve_device, split_list
 
 STUDY_EPILOG = """\
 examples:
@@ -15,7 +15,10 @@ examples:
   circuitsviz study --model inceptionv1 --data ~/imagenet/val --layers mixed4e --channels 55 \\
       --vis-size 224 --vis-steps 512 --sae-k 32 --out runs/mixed4e-55      # the Circuits recipe; wants a GPU
 
-A second run with the same --out reuses every finished step; a killed run resumes.
+A second run with the same --out reuses every finished step; a killed run resumes. Other
+settings compute beside the old results where they have their own name (--sae-k, --layers);
+otherwise (--vis-steps, --k, --sae-steps, --data-seed, ...) the study stops before any work and
+names the changed setting: --overwrite replaces the old results and what was made from them.
 """
 
 
@@ -61,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: the most polysemantic)")
     p.add_argument("--vis-channels", default=None, help="visualize only these channels, e.g. 55,60-70 "
                    "(default: every channel of every layer)")
-    p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
+    add_run_args(p)
     _add_settings(p, StudySettings())
     p.set_defaults(func=run_study)
 
@@ -84,23 +87,44 @@ def _settings(args: argparse.Namespace) -> StudySettings:
 
 
 def run_study(args: argparse.Namespace) -> int:
-    layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
+    layers = split_list(args.layers) or None
     channels = parse_channels(args.channels) if args.channels else None
     vis_channels = parse_channels(args.vis_channels) if args.vis_channels else None
     report = study(args.model, args.data, out=args.out, layers=layers, channels=channels, vis_channels=vis_channels,
                    sae_layer=args.sae_layer, settings=_settings(args), pretrained=args.pretrained,
-                   weights=args.weights, device=resolve_device(args.device))
+                   weights=args.weights, device=resolve_device(args.device), overwrite=args.overwrite)
     print(report.summary())
-    print(f"\nbrowse it:  circuitsviz serve {args.out}")
+    print_browse(args.out, print_evidence(args.out))
     return 0
+
+
+def print_evidence(out: str) -> str:
+    """Name each split's concepts and the clearest split; return the viewer page that shows it."""
+    from ..store import open_run
+    from ..viewer import clearest_split, split_summary
+
+    with open_run(out) as run:
+        summary, best = split_summary(run), clearest_split(run)
+    if summary:
+        print("\nconcepts of each split channel and of its top features:\n" + summary)
+    if best is None:
+        return ""
+    print(f"\nclearest split: {best.channel_id} (the split channel with the most of its concepts each taken "
+          "by a one-concept feature)")
+    return f"compare?unit={best.channel_id}"
+
+
+def print_browse(out: str, page: str) -> None:
+    print(f"\nbrowse it:  circuitsviz serve {out}" + (f"   then open http://127.0.0.1:8501/{page}" if page else ""))
 
 
 def run_demo(args: argparse.Namespace) -> int:
     report = study("demo", "procedural", out=args.out, device=resolve_device(args.device))
     print(report.summary())
+    page = print_evidence(args.out)
     if not args.serve:
-        print(f"\nbrowse it:  circuitsviz serve {args.out}")
+        print_browse(args.out, page)
         return 0
     from .serve import serve
 
-    return serve(args.out, port=args.port, host=args.host)
+    return serve(args.out, port=args.port, host=args.host, url_path=page)

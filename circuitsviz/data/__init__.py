@@ -37,10 +37,12 @@ def as_dataset(data, model=None, *, size: int | None = None, n: int = 2000, seed
 
         return ConceptDataset(n=n, seed=seed, size=size)
     if isinstance(data, (str, Path)):
+        if "\x00" in str(data) or not str(data):
+            raise BadInputError(f"--data {str(data)!r} is not a folder path")
         if not Path(data).expanduser().exists():
             raise BadInputError(f"--data {str(data)!r} does not exist; give a folder of images or 'procedural'")
         return ImageFolderDataset(data, size=size)
-    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (bytes, bytearray)):
         return data
     raise BadInputError(f"cannot use {type(data).__name__} as data; give a folder path, 'procedural' or a Dataset")
 

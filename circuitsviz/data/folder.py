@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -66,10 +67,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | Path, size: int = 224) -> None:
+        if not isinstance(root, (str, Path)) or not str(root) or "\x00" in str(root):
+            raise BadInputError(f"data folder must be a folder path, got {root!r}")
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             raise BadInputError(f"data folder {str(root)!r} does not exist or is not a folder")
-        self.size = int(size)
+        self.size = check_int("size", size, 8, 4096)
         self.paths = sorted(
             p.relative_to(self.root).as_posix()
             for p in self.root.rglob("*")
@@ -97,10 +100,27 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def label(self, i: int) -> int:
         return self._class_index[self.paths[i].split("/", 1)[0]] if self.classes else -1
 
+    def path_of(self, image_id: str) -> Path:
+        """The file of ``image_id``; an id that is absolute or climbs out of ``root`` is refused.
+
+        >>> ds.path_of("../../etc/passwd")   # doctest: +SKIP
+        Traceback (most recent call last):
+        circuitsviz.errors.BadInputError: image id '../../etc/passwd' is not a path inside ...
+        """
+        if not isinstance(image_id, str) or not image_id or "\x00" in image_id:
+            raise BadInputError(f"image id {image_id!r} is not a relative path")
+        # Lexical, not resolve(): a symlink the folder's owner put inside the folder is theirs to follow.
+        norm = os.path.normpath(image_id)
+        if os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep) or norm == ".":
+            raise BadInputError(f"image id {image_id!r} is not a path inside the data folder {str(self.root)!r}; "
+                                "refusing to read outside it")
+        return self.root / norm
+
     def load_image(self, image_id: str) -> Image.Image:
+        path = self.path_of(image_id)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(self.root / image_id) as img:
+            with Image.open(path) as img:
                 img.load()
                 return to_rgb(img)
 

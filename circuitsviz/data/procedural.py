@@ -27,12 +27,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int
 from .folder import pil_to_tensor
 
 # Bump when any change alters the pixels of an existing (seed, i); trained weights record it.
 DATASET_VERSION = 1
 SUPERSAMPLE = 2  # draw at 2x and box-filter down: cheap anti-aliasing
+# Bounds that keep one image (drawn at SUPERSAMPLE x) and a contact sheet to tens of MB.
+MAX_SIZE, MAX_IMAGES, MAX_SHEET_PIXELS = 1024, 10_000_000, 1 << 26
 
 Colour = tuple[float, float, float]
 
@@ -249,9 +251,9 @@ class ConceptDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, n: int = 2000, seed: int = 0, size: int = 64) -> None:
-        if int(n) < 1 or int(size) < 8:
-            raise BadInputError(f"ConceptDataset needs n >= 1 and size >= 8, got n={n}, size={size}")
-        self.n, self.seed, self.size = int(n), int(seed), int(size)
+        self.n = check_int("n (the number of images)", n, 1, MAX_IMAGES)
+        self.seed = check_int("seed", seed, 0, 2**63 - 1)
+        self.size = check_int("size (the image side in pixels)", size, 8, MAX_SIZE)
         self.classes: list[str] = list(CONCEPTS)
 
     def __len__(self) -> int:
@@ -306,9 +308,16 @@ def export(out_dir: str | Path, n: int = 2000, seed: int = 0, size: int = 64) ->
     PosixPath('concepts')
     """
     ds = ConceptDataset(n=n, seed=seed, size=size)
+    if not isinstance(out_dir, (str, Path)) or not str(out_dir):
+        raise BadInputError(f"out_dir must be a folder path, got {out_dir!r}")
     out = Path(out_dir).expanduser()
-    for name in CONCEPTS:
-        (out / name).mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{str(out)!r} exists and is not a folder; give a folder to export into")
+    try:
+        for name in CONCEPTS:
+            (out / name).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInputError(f"cannot create the export folder {str(out)!r}: {e.strerror or e}") from None
     for i in range(len(ds)):
         ds.load_image(str(i)).save(out / CONCEPTS[ds.label(i)] / f"{i}.png")
     return out
@@ -320,6 +329,10 @@ def preview_sheet(per_concept: int = 8, seed: int = 0, size: int = 64) -> Image.
     >>> preview_sheet(per_concept=8).save("concepts.png")   # doctest: +SKIP
     """
     k = len(CONCEPTS)
+    check_int("per_concept", per_concept, 1, 256)
+    if k * per_concept * size * size > MAX_SHEET_PIXELS:
+        raise BadInputError(f"a sheet of {per_concept} x {k} images of {size} px is over the "
+                            f"{MAX_SHEET_PIXELS:,}-pixel limit; lower per_concept or size")
     ds = ConceptDataset(n=k * per_concept, seed=seed, size=size)  # balanced: each concept per_concept times
     sheet = Image.new("RGB", (per_concept * size, k * size))
     filled = [0] * k

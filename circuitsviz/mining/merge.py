@@ -23,6 +23,8 @@ def merge(results: list[MiningResult]) -> MiningResult:
 
     >>> full = merge([MiningResult.load(f"shard{i}.npz") for i in range(4)])   # doctest: +SKIP
     """
+    if not isinstance(results, (list, tuple)) or not all(isinstance(r, MiningResult) for r in results):
+        raise BadInputError(f"merge takes a list of MiningResult (MiningResult.load(path)), got {results!r:.80}")
     if not results:
         raise BadInputError("nothing to merge")
     first = results[0]

@@ -20,7 +20,6 @@ error (pass ``restart=True`` to start afresh).
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,9 @@ from pathlib import Path
 import torch
 
 from ..data import as_dataset, iterate_batches
-from ..errors import BadInputError
+from ..errors import BadInputError, check_float, check_int
+from ..hashing import config_hash as hash_config
+from ..progress import progress_bar
 from .receptive import receptive_fields
 from .result import LayerResult, MiningResult
 from .stats import bin_of, histogram_edges, update_bin_examples
@@ -92,7 +93,7 @@ def _fingerprint(module: torch.nn.Module | None) -> str | None:
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"))  # same bytes, no copy
     return h.hexdigest()[:16]
 
 
@@ -131,23 +132,34 @@ class _LayerState:
 
     def update(self, acts: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor) -> None:
         flat = acts.flatten(2)                       # N x U x HW
-        peak, where = flat.max(dim=2)                # first maximum wins ties
-        peak, where = peak.T.contiguous(), where.T.contiguous()   # U x N
-        lab = labels.expand(peak.shape[0], -1)
-        self.top = update_top_k(*self.top, peak, indices, [where, lab])
+        units, nbins = self.hist.shape
+        seen = int(self.hist[0].sum()) if units else 0
+        if seen >= _LAZY_AFTER * self.top[0].shape[1]:
+            # Once a unit has seen many times k images, a new image rarely enters its top-k: the
+            # max without its position (half the cost of max-with-indices) is enough, and the
+            # positions are found afterwards for the few (unit, image) pairs that enter.
+            peak = flat.amax(dim=2).T.contiguous()   # U x N
+            pending = _pending(len(indices), peak.device).expand(units, -1)
+        else:
+            peak, pending = flat.max(dim=2)          # first maximum wins ties
+            peak, pending = peak.T.contiguous(), pending.T.contiguous()
+        lab = labels.expand(units, -1)
+        self.top = update_top_k(*self.top, peak, indices, [pending, lab])
         spatial_mean = flat.mean(dim=2).T
         if self.mean_top is not None:
-            self.mean_top = update_top_k(*self.mean_top, spatial_mean, indices, [where, lab])
+            self.mean_top = update_top_k(*self.mean_top, spatial_mean, indices, [pending, lab])
         self.mean_sum += spatial_mean.double().sum(dim=1)
         self.max = torch.maximum(self.max, peak.amax(dim=1))
         # Summing bools promotes to int64, which is slow on CPU; small ints are exact up to HW.
         small = torch.int16 if flat.shape[2] < 2**15 else torch.int32
         self.positive += flat.gt(0).view(torch.uint8).sum(dim=2, dtype=small).sum(dim=0)
-        units, nbins = self.hist.shape
         bins = bin_of(peak, self.edges)
         self.hist += torch.bincount((bins + nbins * torch.arange(units, device=bins.device)[:, None]).reshape(-1),
                                     minlength=units * nbins).view(units, nbins)
-        update_bin_examples(self.bin_index, self.bin_value, self.bin_pos, self.bin_fill, bins, peak, where, indices)
+        update_bin_examples(self.bin_index, self.bin_value, self.bin_pos, self.bin_fill, bins, peak, pending, indices)
+        for pos in (self.top[2][0], None if self.mean_top is None else self.mean_top[2][0], self.bin_pos):
+            if pos is not None:
+                _resolve_positions(pos, flat)
         known = labels >= 0
         if bool(known.any()):
             need = int(labels.max()) + 1
@@ -186,6 +198,29 @@ class _LayerState:
         self.bin_fill = (self.bin_index >= 0).sum(dim=2)
         self.label_sum = t(r.label_sum)
         return self
+
+
+# Positions gathered map by map cost ~15x more per map than max-with-indices over the whole batch:
+# worth it once under ~1/30 of the maps enter a top-k, i.e. after ~30 k images (k / seen of them do).
+_LAZY_AFTER = 32
+
+
+def _pending(n: int, device) -> torch.Tensor:
+    """Stand-in positions for a batch's images: ``-2 - column`` (``-1`` already means an empty slot)."""
+    return -2 - torch.arange(n, device=device)
+
+
+def _resolve_positions(pos: torch.Tensor, flat: torch.Tensor) -> None:
+    """Replace the stand-ins in ``pos`` (``U x ...``, in place) by the first argmax of the unit's map.
+
+    ``flat``: ``N x U x HW``. Same value and tie rule (first maximum) as ``flat.max(dim=2)``.
+    """
+    todo = pos <= -2
+    if not bool(todo.any()):
+        return
+    unit = todo.nonzero()[:, 0]
+    image = -2 - pos[todo]
+    pos[todo] = flat[image, unit].argmax(dim=1)
 
 
 def _unit_activations(model, images: torch.Tensor, layers: list[str], transform) -> dict[str, torch.Tensor]:
@@ -260,6 +295,9 @@ def mine(
     >>> result = mine(model, "~/imagenet/val", ["mixed3b", "mixed4e"], k=32)     # doctest: +SKIP
     >>> result.layers["mixed4e"].top_index[55]                                    # doctest: +SKIP
     """
+    _check_mine_args(model, layers, checkpoint, shard, k=k, batch_size=batch_size, num_workers=num_workers,
+                     checkpoint_every=checkpoint_every, hist_bins=hist_bins, hist_range=hist_range,
+                     calibration=calibration, per_bin=per_bin)
     layers = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
     if not layers:
         raise BadInputError("give at least one layer to mine")
@@ -276,21 +314,26 @@ def mine(
         "hist_range": list(hist_range) if hist_range else None, "calibration": calibration,
         "per_bin": per_bin, "transform": _describe(transform),
     }
-    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    config_hash = hash_config(config)
     indices = shard_indices(len(dataset), shard, batch_size)
     device = model.device
 
     result = _resume(checkpoint, config_hash, shard, restart)
     if result is not None and result.complete:
         return result
+    def new_states(shapes: dict, peaks: dict | None) -> dict[str, _LayerState]:
+        return {n: _LayerState(shapes[n][0], shapes[n][1], shapes[n][2], k, histogram_edges(
+            peaks[n] if peaks else torch.empty(0, shapes[n][0]), hist_bins, hist_range), per_bin, mean_top_k, device)
+            for n in layers}
+
     if result is None:
-        # Fixed bins need no calibration; one image still tells the layers' shapes.
-        count = 1 if hist_range is not None else max(calibration, 1)
-        peaks, shapes = _calibrate(model, dataset, layers, transform, count, batch_size)
+        # Fixed bins need no calibration, and the first batch tells the layers' shapes: the states
+        # are made then (or from a one-image probe if this slice has no readable image).
+        states = {}
+        if hist_range is None:
+            peaks, shapes = _calibrate(model, dataset, layers, transform, max(calibration, 1), batch_size)
+            states = new_states(shapes, peaks)
         fields = _fields(model, layers)
-        states = {n: _LayerState(shapes[n][0], shapes[n][1], shapes[n][2], k,
-                                 histogram_edges(peaks[n], hist_bins, hist_range), per_bin, mean_top_k, device)
-                  for n in layers}
         label_count = torch.zeros(0, dtype=torch.long)
         done, n_images, skipped = 0, 0, []
     else:
@@ -301,13 +344,15 @@ def mine(
         print(f"resuming from {checkpoint}: {done}/{len(indices)} images already mined")
 
     def snapshot() -> MiningResult:
+        if not states:
+            states.update(new_states(_calibrate(model, dataset, layers, transform, 1, batch_size)[1], None))
         return MiningResult(
             layers={n: s.to_result(n, fields[n]) for n, s in states.items()}, config=config,
             config_hash=config_hash, n_images=n_images, label_count=label_count.numpy().copy(), shard=shard,
             done=done, total=len(indices), skipped=list(skipped), classes=dataset.classes,
         )
 
-    bar = _progress(len(indices), done, progress)
+    bar = progress_bar(len(indices), desc="mining", unit="img", initial=done, enabled=progress)
     last_saved = done
     try:
         for batch in iterate_batches(dataset, indices[done:], batch_size=batch_size, num_workers=num_workers):
@@ -315,6 +360,8 @@ def mine(
             if len(batch.indices):
                 acts = _unit_activations(model, batch.images, layers, transform)
                 idx, lab = batch.indices.to(device), batch.labels.to(device)
+                if not states:
+                    states.update(new_states({n: tuple(a.shape[1:]) for n, a in acts.items()}, None))
                 for name, a in acts.items():
                     states[name].update(a, idx, lab)
                 known = batch.labels[batch.labels >= 0]
@@ -340,6 +387,31 @@ def mine(
     return result
 
 
+def _check_mine_args(model, layers, checkpoint, shard, *, k, batch_size, num_workers, checkpoint_every, hist_bins,
+                     hist_range, calibration, per_bin) -> None:
+    if not callable(getattr(model, "activations", None)):
+        raise BadInputError(f"model must be a VisionModel (load_model or wrap_model), got {type(model).__name__}")
+    if not (isinstance(layers, str) or (isinstance(layers, (list, tuple)) and all(isinstance(n, str) for n in layers))):
+        raise BadInputError(f"layers must be a layer name or a list of names, got {layers!r}")
+    if shard is not None and not (isinstance(shard, (tuple, list)) and len(shard) == 2):
+        raise BadInputError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+    if checkpoint is not None and (not isinstance(checkpoint, (str, Path)) or Path(checkpoint).is_dir()):
+        raise BadInputError(f"checkpoint must be a file path, got {checkpoint!r}")
+    check_int("k", k, 1, 1 << 20)
+    check_int("batch_size", batch_size, 1, 1 << 16)
+    check_int("num_workers", num_workers, 0, 256)
+    check_int("checkpoint_every", checkpoint_every, 1)
+    check_int("hist_bins", hist_bins, 1, 1 << 16)
+    check_int("calibration", calibration, 0)
+    check_int("per_bin", per_bin, 1, 1 << 10)
+    if hist_range is not None:
+        if not isinstance(hist_range, (tuple, list)) or len(hist_range) != 2:
+            raise BadInputError(f"hist_range must be (low, high), got {hist_range!r}")
+        lo, hi = (check_float("hist_range", v) for v in hist_range)
+        if not lo < hi:
+            raise BadInputError(f"hist_range must be ascending, low < high, got {hist_range!r}")
+
+
 def _fields(model, layers: list[str]) -> dict:
     """Receptive fields where the graph can be traced; None (with a warning) where it cannot."""
     try:
@@ -362,7 +434,3 @@ def _resume(checkpoint, config_hash: str, shard, restart: bool) -> MiningResult 
     return result
 
 
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="img", desc="mining", disable=not enabled, smoothing=0.1)

@@ -3,22 +3,21 @@
 File layout: every array is stored as ``<layer>/<field>`` (e.g. ``mixed4e/top_index``), plus
 ``label_count`` and ``__meta__``, a JSON string with the scalars (config, hash, shard, counts,
 skipped files, classes, each layer's shape and receptive field). One file is written to a
-temporary name and moved into place with ``os.replace``, so a checkpoint is never half-written.
+unique temporary name and moved into place (``atomic_write``), so a checkpoint is never half-written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
-import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BadInputError
-from ..units import Unit
+from ..store.blobs import atomic_write
 from .receptive import ReceptiveField
 from .result import LayerResult, MiningResult
 
@@ -43,17 +42,20 @@ def save_result(result: MiningResult, path: str | Path) -> None:
     arrays["__meta__"] = np.array(json.dumps(meta))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, buf.getvalue())
 
 
 def load_result(path: str | Path) -> MiningResult:
     if not Path(path).is_file():
         raise BadInputError(f"no mining result at {str(path)!r}")
+    try:
+        return _read_result(path)
+    except (zipfile.BadZipFile, ValueError, KeyError, TypeError, OSError, EOFError) as e:
+        raise BadInputError(f"{str(path)!r} is not a readable mining result or checkpoint ({type(e).__name__}: "
+                            f"{str(e)[:120]}); it is damaged or another kind of file: delete it to start over") from None
+
+
+def _read_result(path: str | Path) -> MiningResult:
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["__meta__"]))
         layers = {}
@@ -70,32 +72,15 @@ def load_result(path: str | Path) -> MiningResult:
     )
 
 
-def _image_id(dataset, i: int) -> str:
-    return dataset.image_id(i) if hasattr(dataset, "image_id") else str(i)
-
-
-def write_to_run(result: MiningResult, run, dataset, *, sae: str | None = None, model=None,
+def write_to_run(result: MiningResult, run, dataset, *, sae=None, model=None,
                  quantile_groups: int = 10, actmaps: bool = False, transform=None) -> int:
-    """Write examples, quantile examples and statistics of every unit into a store run.
-
-    ``dataset`` maps indices back to image ids. Label counts are those of each unit's top-k.
-    With ``sae`` the units are that SAE's features
-    (``layer/sae:i``) and the layer row is left as it is. ``model`` (optional) supplies branch
-    ranges. Returns the number of units written. ``actmaps=True`` (needs ``model``; ``transform``
-    as given to :func:`mine`) also stores each top-k example's activation map, for the viewer's
-    heatmap overlay: one more forward pass over the unique top-k images.
+    """``run.add_mining(result, dataset, ...)``: kept for scripts written before the publishing API.
 
     >>> run = open_run("runs/demo", create=True)                    # doctest: +SKIP
     >>> write_to_run(mine(model, ds, ["mixed4e"]), run, ds, model=model)   # doctest: +SKIP
     """
-    if not result.complete:
-        raise ValueError(f"result covers {result.done} of {result.total} images; finish or merge it first")
-    written = 0
-    for name, r in result.layers.items():
-        maps = top_k_maps(model, dataset, r, transform) if actmaps and model is not None else None
-        with run.batch() if hasattr(run, "batch") else contextlib.nullcontext():  # one transaction per layer
-            written += _write_layer(result, r, run, dataset, sae, model, quantile_groups, maps)
-    return written
+    return run.add_mining(result, dataset, model=model, sae=transform if transform is not None else sae,
+                          actmaps=actmaps, quantile_groups=quantile_groups)
 
 
 def top_k_maps(model, dataset, r: LayerResult, transform=None, batch_size: int = 32) -> np.ndarray:
@@ -122,59 +107,3 @@ def top_k_maps(model, dataset, r: LayerResult, transform=None, batch_size: int =
         rows = np.array([where[int(i)] for i in r.top_index[us, ks]], dtype=np.int64)
         maps[us, ks] = acts[rows, us]
     return maps
-
-
-def _write_layer(result: MiningResult, r: LayerResult, run, dataset, sae, model, quantile_groups: int,
-                 maps: np.ndarray | None = None) -> int:
-    name = r.name
-    if sae is None:
-        branches = [(b.name, b.start, b.stop) for b in model.layer(name).branches] if model is not None else []
-        run.put_layer(name, r.units, r.height, r.width, branches=branches, rf=_store_rf(r.rf))
-    ids = [Unit(name, u, sae=sae).id for u in range(r.units)]
-    run.add_units([{"id": uid, "layer": name, "index": u, "kind": "feature" if sae else "channel"}
-                   for u, uid in enumerate(ids)])
-    stats = result.stats(name)
-    ys, xs = r.top_yx()
-    classes = result.classes
-    for u, uid in enumerate(ids):
-        rows = _rows(dataset, r.top_value[u], r.top_index[u], ys[u], xs[u], r.top_label[u])
-        if maps is not None:
-            for row in rows:
-                row["actmap"] = maps[u, row["rank"]]
-        run.put_examples(uid, rows, kind="max")
-        if r.mean_value is not None:
-            run.put_examples(uid, _rows(dataset, r.mean_value[u], r.mean_index[u], r.mean_pos[u] // r.width,
-                                        r.mean_pos[u] % r.width, r.mean_label[u]), kind="mean")
-        run.put_quantile_examples(uid, [
-            dict(bin=g, image_id=_image_id(dataset, i), value=v, y=p // r.width, x=p % r.width)
-            for g, i, v, p in result.quantile_examples(name, u, quantile_groups)
-        ])
-        top = r.top_label[u][(r.top_label[u] >= 0) & (r.top_index[u] >= 0)]
-        labels = {(classes[lab] if classes and lab < len(classes) else str(lab)): int(n)
-                  for lab, n in enumerate(np.bincount(top)) if n}
-        run.put_stats(
-            uid, mean=float(stats["mean"][u]), max=float(stats["max"][u]),
-            frac_positive=float(stats["frac_positive"][u]), hist_counts=r.hist_counts[u].tolist(),
-            hist_edges=r.hist_edges[u].tolist(),
-            scores={key: _plain(stats[key][u]) for key in ("purity", "entropy", "concept_count")},
-            label_counts=labels,
-        )
-    return r.units
-
-
-def _store_rf(rf) -> tuple[float, float, float] | None:
-    """The store's convention: position ``p``'s field is ``size`` pixels centred on ``offset + p * stride``."""
-    if rf is None:
-        return None
-    size, stride, start = rf.as_tuple()
-    return size, stride, start + size / 2
-
-
-def _plain(v):
-    v = v.item() if hasattr(v, "item") else v
-    return None if isinstance(v, float) and v != v else v
-
-
-def _rows(dataset, values, index, ys, xs, labels) -> list[dict]:
-    return [dict(rank=rank, image_id=_image_id(dataset, int(i)), value=float(v), y=int(y), x=int(x), label=int(lab))
-            for rank, (v, i, y, x, lab) in enumerate(zip(values, index, ys, xs, labels)) if i >= 0]

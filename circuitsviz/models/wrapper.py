@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +48,10 @@ class LayerShape:
 
 class _StopForward(Exception):
     """Raised by the last capture hook to end a forward pass early."""
+
+
+# An intervention: gets a layer's activations, returns replacements (same shape) or None to keep them.
+Hook = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 
 class VisionModel(nn.Module):
@@ -111,6 +115,10 @@ class VisionModel(nn.Module):
             return LayerInfo(name, name, None)
         raise UnknownNameError("layer", name, self.layer_names)
 
+    def module(self, layer: str) -> nn.Module:
+        """The module whose output is ``layer``."""
+        return self._modules_by_path[self.layer(layer).module]
+
     def channels(self, layer: str) -> int:
         """How many channels ``layer`` has (probed with one small forward if the table lacks it)."""
         info = self.layer(layer)
@@ -147,6 +155,14 @@ class VisionModel(nn.Module):
             )
         if not images.is_floating_point():
             raise BadInputError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+        if images.numel() == 0:
+            raise BadInputError(f"no images to run (shape {tuple(images.shape)})")
+        if not bool(torch.isfinite(images).all()):
+            raise BadInputError(f"images hold {int((~torch.isfinite(images)).sum())} NaN or infinite values; "
+                                "images must be finite, in [0, 1]")
+        param = next(self.net.parameters(), None)
+        if param is not None and param.is_floating_point() and images.dtype != param.dtype:
+            images = images.to(param.dtype)  # e.g. float64 images for a float32 net
         lo, hi = float(images.min()), float(images.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise BadInputError(
@@ -177,6 +193,7 @@ class VisionModel(nn.Module):
         grad: bool = False,
         check: bool = True,
         channels: Mapping[str, Iterable[int] | None] | None = None,
+        hooks: Mapping[str, Hook] | None = None,
         _stop: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Run the network only as far as the deepest requested layer; return exactly those layers.
@@ -186,6 +203,8 @@ class VisionModel(nn.Module):
         ``channels`` promises that only these channels of each layer will be read; a network
         that can use it (InceptionV1 skips the branches of the deepest mixed layer that hold
         none of them) returns the unread channels as zeros.
+        ``hooks`` intervene as in :meth:`run_with_hooks`; a requested layer that is also hooked
+        comes back as the hook left it.
         """
         names = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
         if not names:
@@ -203,22 +222,76 @@ class VisionModel(nn.Module):
 
             return hook
 
-        handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
         skipping = getattr(self.net, "skipping_unread_branches", None)
         pruned = skipping(names, channels) if channels and skipping else contextlib.nullcontext()
-        try:
-            with torch.set_grad_enabled(grad and torch.is_grad_enabled()), pruned:
-                try:
-                    self.net(self.preprocess(self._layout(images.to(self.device))))
-                except _StopForward:
-                    pass
-        finally:
-            for h in handles:
-                h.remove()
+        # Interventions are registered first, so a capture on the same module sees their result.
+        with self.intervening(hooks or {}):
+            handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
+            try:
+                with torch.set_grad_enabled(grad and torch.is_grad_enabled()), pruned:
+                    try:
+                        self.net(self.preprocess(self._layout(images.to(self.device))))
+                    except _StopForward:
+                        pass
+            finally:
+                for h in handles:
+                    h.remove()
         missing = [n for n in names if n not in captured]
         if missing:
             raise BadInputError(f"layers {missing} were not computed by the forward pass of {self.name!r}")
         return {n: captured[n] for n in names}
+
+    def run_with_hooks(self, images: torch.Tensor, hooks: Mapping[str, Hook], *, grad: bool = False,
+                       check: bool = True) -> torch.Tensor:
+        """The network's output with interventions: ``hooks[layer](acts)`` may return replacements.
+
+        A hook gets the layer's activations (N x C x H x W; on the CPU laid out channels-last) and
+        returns a tensor of the same shape to use downstream instead, or None to leave them.
+        Hooks are removed afterwards, also when the forward pass or a hook raises. Ready-made
+        hooks (ablate channels, splice an SAE) are in :mod:`circuitsviz.circuits.hooks`.
+
+        >>> def zero_55(a):                                                     # doctest: +SKIP
+        ...     a = a.clone(); a[:, 55] = 0; return a
+        >>> probs = model.run_with_hooks(images, {"mixed4e": zero_55})          # doctest: +SKIP
+
+        Only layers whose output feeds the rest of the network can be intervened on:
+        InceptionV1's and the demo's ``mixedXX_pre_relu`` is a copy made for reading (the branches' own
+        ``*_pre_relu`` layers do feed it).
+        """
+        if check:
+            images = self.check_images(images)
+        with self.intervening(hooks), torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return self.net(self.preprocess(self._layout(images.to(self.device))))
+
+    @contextlib.contextmanager
+    def intervening(self, hooks: Mapping[str, Hook]) -> Iterator[None]:
+        """Within the block, every forward pass applies ``hooks`` (``{layer: fn}``); then they are removed."""
+        if not isinstance(hooks, Mapping):
+            raise BadInputError(f"hooks must be a mapping {{layer: fn}}, got {type(hooks).__name__}")
+        modules = {n: self.module(n) for n in hooks}
+        for n, fn in hooks.items():
+            if not callable(fn):
+                raise BadInputError(f"the hook for layer {n!r} must be callable, got {type(fn).__name__}")
+
+        def wrap(name: str, fn: Hook):
+            def hook(_module, _inputs, output):
+                new = fn(output)
+                if new is not None and (not isinstance(new, torch.Tensor) or new.shape != output.shape):
+                    got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+                    raise BadInputError(f"the hook for layer {name!r} returned {got}; "
+                                        f"it must return None or a tensor of shape {tuple(output.shape)}")
+                return new
+
+            return hook
+
+        handles = []
+        try:
+            for n, fn in hooks.items():
+                handles.append(modules[n].register_forward_hook(wrap(n, fn)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     @contextlib.contextmanager
     def redirected_relu(self, enabled: bool = True) -> Iterator[None]:

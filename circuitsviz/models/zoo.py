@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import BadInputError, UnknownNameError, WeightsError
+from ..errors import BadInputError, UnknownNameError, WeightsError, check_float, check_int
 from . import inceptionv1 as _inc
-from .weights import WeightsSpec, load_state_dict, resolve, sha256_of
+from .weights import WeightsSpec, check_state_dict, load_state_dict, resolve, sha256_of
 from .wrapper import LayerInfo, LayerShape, VisionModel
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -91,7 +91,29 @@ def _demo() -> ZooEntry:
 ZOO: dict[str, Callable[[], ZooEntry]] = {"inceptionv1": _inceptionv1, "googlenet": _googlenet, "demo": _demo}
 
 
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a ``torch.device`` this machine has, or a one-line error naming the valid ones.
+
+    >>> check_device("cpu")
+    device(type='cpu')
+    """
+    if device is None:
+        return None
+    valid = "cpu" + (", cuda, cuda:0..%d" % (torch.cuda.device_count() - 1) if torch.cuda.is_available() else "")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise BadInputError(f"unknown device {device!r}; valid here: {valid}") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise BadInputError(f"device {device!r} is not available on this machine; valid here: {valid}")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise BadInputError(f"device {device!r} is not available on this machine; valid here: {valid}")
+    return dev
+
+
 def zoo_entry(name: str) -> ZooEntry:
+    if not isinstance(name, str):
+        raise BadInputError(f"model must be a zoo name ({', '.join(ZOO)}), got {type(name).__name__}")
     if name not in ZOO:
         raise UnknownNameError("model", name, list(ZOO))
     return ZOO[name]()
@@ -121,6 +143,10 @@ def load_model(
     network, and the global RNG is left as it was.
     """
     entry = zoo_entry(name)
+    device = check_device(device)
+    if weights is not None and not isinstance(weights, (str, Path)):
+        raise BadInputError(f"weights must be a file path, got {type(weights).__name__}")
+    check_int("seed", seed, 0, 2**63 - 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = entry.build()
@@ -128,15 +154,17 @@ def load_model(
     if pretrained or weights is not None:
         if entry.weights is None:
             raise WeightsError(f"model {name!r} has no pretrained weights; use pretrained=False")
-        path = resolve(entry.weights, weights, progress=progress, download_ok=download)
-        state = entry.adapt_state(load_state_dict(path))
-        missing, unexpected = _compare_keys(net, state)
-        if missing or unexpected:
-            raise WeightsError(
-                f"weights file {path} does not fit model {name!r}: "
-                f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-            )
+        expected = net.state_dict()
+        budget = entry.weights.max_bytes or weights_budget(expected)
+
+        def load_checked(p) -> dict:
+            state = entry.adapt_state(load_state_dict(p, max_bytes=budget))
+            check_state_dict(state, expected, p, name)
+            return state
+
+        # A download is kept only if it loads as this state dict (not an HTML page or a cut file).
+        path = resolve(entry.weights, weights, progress=progress, download_ok=download, check=load_checked)
+        state = load_checked(path)
         try:
             net.load_state_dict(state)
         except RuntimeError as e:
@@ -167,6 +195,15 @@ def wrap_model(net: nn.Module, *, name: str = "custom", input_size: int = 224,
     """
     if not isinstance(net, nn.Module):
         raise BadInputError(f"wrap_model needs a torch.nn.Module, got {type(net).__name__}")
+    check_int("input_size", input_size, 1, 4096)
+    for what, values in (("mean", mean), ("std", std)):
+        if values is not None and not (isinstance(values, (list, tuple)) and len(values) == 3
+                                       and all(check_float(what, v) is not None for v in values)):
+            raise BadInputError(f"{what} must be 3 numbers (one per RGB channel), got {values!r}")
+    if std is not None and not all(v > 0 for v in std):
+        raise BadInputError(f"std must be > 0 for every channel, got {std!r}")
+    if not isinstance(layers, (list, tuple)) or not all(isinstance(li, LayerInfo) for li in layers):
+        raise BadInputError(f"layers must be a list of LayerInfo, got {layers!r:.80}")
     mean = mean or [0.0, 0.0, 0.0]
     std = std or [1.0, 1.0, 1.0]
     model = VisionModel(net, name=name, layers=layers, input_size=input_size,
@@ -175,9 +212,10 @@ def wrap_model(net: nn.Module, *, name: str = "custom", input_size: int = 224,
     return model.eval()
 
 
-def _compare_keys(net: nn.Module, state: dict) -> tuple[list[str], list[str]]:
-    own = set(net.state_dict())
-    return sorted(own - set(state)), sorted(set(state) - own)
+def weights_budget(expected: dict[str, torch.Tensor]) -> int:
+    """The most bytes a weights archive for this state dict may declare: twice its tensors
+    (room for heads a checkpoint carries and ``adapt_state`` drops) plus 16 MiB."""
+    return 2 * sum(t.numel() * t.element_size() for t in expected.values()) + (16 << 20)
 
 
 def list_layers(model: VisionModel, input_size: int | None = None) -> list[LayerShape]:
@@ -187,7 +225,13 @@ def list_layers(model: VisionModel, input_size: int | None = None) -> list[Layer
     >>> [(r.name, r.channels, r.height) for r in rows if r.name == "mixed3b"]
     [('mixed3b', 480, 28)]
     """
-    shapes = model.layer_shapes(input_size=input_size)
+    check_int("input_size", input_size, 1, 4096, optional=True)
+    try:
+        shapes = model.layer_shapes(input_size=input_size)
+    except RuntimeError as e:  # a size the network cannot take, e.g. smaller than its pooling
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInputError(f"input_size {input_size} does not fit model {model.name!r} "
+                            f"(default {model.input_size}): {first}") from None
     rows = []
     for name, shape in shapes.items():
         h, w = (shape[1], shape[2]) if len(shape) == 3 else (None, None)

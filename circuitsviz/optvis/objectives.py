@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int
 
 Acts = Mapping[str, torch.Tensor]
 
@@ -194,6 +194,7 @@ def _with_batch(obj: Objective, batch: int | slice | None) -> Objective:
 # --------------------------------------------------------------------- builders
 def channel(layer: str, c: int, batch: int | slice | None = None) -> Objective:
     """Mean activation of channel ``c`` of ``layer`` over all positions."""
+    check_int("channel", c, 0)
     return _with_batch(LinearObjective(layer, c, None, None, 1.0, f"channel({layer}:{c})",
                                        [_check_channel(layer, c)]), batch)
 
@@ -201,6 +202,7 @@ def channel(layer: str, c: int, batch: int | slice | None = None) -> Objective:
 def neuron(layer: str, c: int, x: int | None = None, y: int | None = None,
            batch: int | slice | None = None) -> Objective:
     """Activation of channel ``c`` at one position, the centre (``H//2, W//2``) by default."""
+    check_int("channel", c, 0), check_int("x", x, 0, optional=True), check_int("y", y, 0, optional=True)
     where = f"@{'c' if y is None else y},{'c' if x is None else x}"
     return _with_batch(LinearObjective(layer, c, None, (y, x), 1.0, f"neuron({layer}:{c}{where})",
                                        [_check_channel(layer, c)]), batch)
@@ -212,8 +214,11 @@ def direction(layer: str, vector, batch: int | slice | None = None, *, name: str
     Lucid's ``direction`` with its default ``cossim_pow=0``; this is how SAE features are rendered
     (``vector`` = the feature's decoder row). Lucent uses the cosine instead.
     """
-    v = torch.as_tensor(np.asarray(vector.detach().cpu() if isinstance(vector, torch.Tensor) else vector,
-                                   dtype=np.float32))
+    try:
+        v = torch.as_tensor(np.asarray(vector.detach().cpu() if isinstance(vector, torch.Tensor) else vector,
+                                       dtype=np.float32))
+    except (TypeError, ValueError):
+        raise BadInputError(f"direction vector must be numbers, one per channel, got {type(vector).__name__}") from None
     if v.dim() != 1:
         raise BadInputError(f"direction vector must be 1-D (one weight per channel), got shape {tuple(v.shape)}")
     if not torch.isfinite(v).all():

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_float, check_int
 from ..units import Unit, parse_channels
 from . import lucent_compat
 from .objectives import Objective, channel, diversity as diversity_objective, neuron, stack
@@ -99,6 +99,8 @@ def visualize(
     ``upsample=True`` resizes images smaller than the model's natural size up to it before the
     forward pass, as lucent does; Lucid feeds the image at its own size, which is the default.
     """
+    _check_visualize_args(size=size, steps=steps, seed=seed, diversity=diversity, images_per_unit=images_per_unit,
+                          redirect_steps=redirect_steps)
     _check_positive(size=size, steps=steps, lr=lr)
     if batch_size is not None:
         _check_positive(batch_size=batch_size)
@@ -302,6 +304,15 @@ def _transforms(transforms) -> StandardTransforms | None:
     if transforms == "standard":
         return StandardTransforms()
     raise BadInputError(f"unknown transforms {transforms!r}; valid: 'standard', None, or a StandardTransforms")
+
+
+def _check_visualize_args(*, size, steps, seed, diversity, images_per_unit, redirect_steps) -> None:
+    check_int("size", size, 1, 4096)  # bounds, so a typo fails at once instead of filling memory or never ending
+    check_int("steps", steps, 1, 1_000_000)
+    check_int("seed", seed, 0, 2**63 - 1)
+    check_float("diversity", diversity, 0)
+    check_int("images_per_unit", images_per_unit, 1, 1024, optional=True)
+    check_int("redirect_steps", redirect_steps, 0)
 
 
 def _check_positive(**values) -> None:

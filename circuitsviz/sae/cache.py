@@ -23,7 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int
+from ..hashing import config_hash
+from ..progress import progress_bar
+from ..store.blobs import atomic_write
 
 FORMAT_VERSION = 1
 SAMPLER_KINDS = ("all", "uniform", "per_image", "channel")
@@ -178,6 +181,7 @@ class SampleSource:
         rows (the shuffle buffer), and permutes the rows inside each group. A group's batch count
         depends only on row counts, so resuming skips whole groups without reading them.
         """
+        check_int("batch_size", batch_size, 1)  # a count < 1 would loop forever below
         if self.n_train < batch_size:
             raise BadInputError(f"only {self.n_train} training samples, fewer than one batch of {batch_size}")
         step, epoch = 0, 0
@@ -223,14 +227,8 @@ def cache_config(model, dataset, layer: str, sampler: Sampler, *, seed: int, dty
     }
 
 
-def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, default=str).encode())
 
 
 def build_cache(model, dataset, layer: str, sampler: Sampler = Sampler(), *, root: str | Path,
@@ -249,12 +247,15 @@ def build_cache(model, dataset, layer: str, sampler: Sampler = Sampler(), *, roo
         raise BadInputError("the dataset is empty; nothing to sample activations from")
     config = cache_config(model, dataset, layer, sampler, seed=seed, dtype=dtype, images_per_shard=images_per_shard)
     directory = Path(root).expanduser() / config_hash(config)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInputError(f"cannot create the activation cache folder {str(directory)!r}: {e.strerror or e}") from None
     meta_path = directory / "metadata.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"config": config, "shards": [], "skipped": []}
     n_shards = -(-len(dataset) // images_per_shard)
     done = {s["index"] for s in meta["shards"]}
-    bar = _progress(n_shards, progress, f"caching {layer}", initial=len(done))
+    bar = progress_bar(n_shards, desc=f"caching {layer}", unit="shard", initial=len(done), enabled=progress)
     for si in range(n_shards):
         if si in done:
             continue
@@ -323,7 +324,3 @@ def open_cache(directory: str | Path, *, heldout: float = 0.05) -> SampleSource:
     return SampleSource(shards, heldout=heldout, meta=meta)
 
 
-def _progress(total: int, enabled: bool, desc: str, initial: int = 0):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, unit="shard")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import BadInputError
@@ -35,16 +36,28 @@ def save_sae(sae: SparseAutoencoder, directory: str | Path) -> Path:
 
 def load_sae(path: str | Path, *, model=None, layer: str | None = None, device=None) -> SparseAutoencoder:
     """Load an SAE saved by :func:`save_sae`; with ``model``/``layer``, refuse a mismatched one."""
+    if not isinstance(path, (str, Path)) or not str(path) or "\x00" in str(path):
+        raise BadInputError(f"an SAE is loaded from a folder path, got {path!r}")
+    from ..models.zoo import check_device
+
+    device = check_device(device)
     directory = Path(path)
     if directory.name in (WEIGHTS, CONFIG):
         directory = directory.parent
-    if not (directory / CONFIG).exists() or not (directory / WEIGHTS).exists():
+    if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
         raise BadInputError(f"no saved SAE in {directory} (expected {CONFIG} and {WEIGHTS})")
-    doc = json.loads((directory / CONFIG).read_text())
-    config = SAEConfig(**doc["config"])
+    try:
+        doc = json.loads((directory / CONFIG).read_text())
+        config = SAEConfig(**doc["config"])
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise BadInputError(f"cannot read {directory / CONFIG} ({type(e).__name__}: {e}); it is damaged") from None
     check_compatible(config, model=model, layer=layer)
     sae = build_sae(config)
-    sae.load_state_dict(load_file(directory / WEIGHTS))
+    try:
+        sae.load_state_dict(load_file(directory / WEIGHTS))
+    except (SafetensorError, RuntimeError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInputError(f"cannot load {directory / WEIGHTS} ({first}); it is damaged or not this SAE's") from None
     sae.metrics = doc.get("metrics", {})
     sae.path = str(directory)
     if device is None and model is not None:

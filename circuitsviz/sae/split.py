@@ -18,20 +18,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..errors import BadInputError, ChannelOutOfRangeError
+from ..errors import BadInputError, ChannelOutOfRangeError, check_int
+from ..store.records import SplitFeature
 from ..units import Unit
 from .cache import SampleSource, check_finite
-
-
-@dataclass
-class SplitFeature:
-    feature: int
-    unit_id: str            # "mixed4e/topk32x8:17": a unit like any channel
-    share: float            # fraction of channel c's activation this feature writes, where c fires
-    cosine: float           # cosine of the decoder direction with channel c's axis
-    frequency: float        # fraction of all samples where the feature fires
-    mean_activation: float  # mean activation where channel c fires
-    weight: float           # decoder weight on channel c (raw activation units per unit of feature)
 
 
 @dataclass
@@ -56,16 +46,23 @@ class SplitResult:
                  f"{self.top_share:.1%}, bias {self.bias_share:.1%}",
                  f"{'rank':>4}  {'unit':<28} {'share':>7} {'cosine':>7} {'freq':>8} {'mean act':>9}"]
         for r, f in enumerate(self.features, 1):
-            lines.append(f"{r:>4}  {f.unit_id:<28} {f.share:>7.1%} {f.cosine:>7.3f} {f.frequency:>8.4f} {f.mean_activation:>9.3g}")
+            lines.append(f"{r:>4}  {f.unit_id:<28} {f.share:>7.1%} {f.cosine:>7.3f} {f.freq:>8.4f} {f.mean_activation:>9.3g}")
         return "\n".join(lines)
 
     def to_store_rows(self) -> list[dict]:
-        return [dict(unit_id=f.unit_id, share=f.share, cosine=f.cosine, freq=f.frequency) for f in self.features]
+        return [dict(unit_id=f.unit_id, share=f.share, cosine=f.cosine, freq=f.freq) for f in self.features]
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("all_shares")
         return d
+
+
+def decoder_top(sae, feature: int, n: int = 8) -> list[tuple[int, float]]:
+    """The ``n`` channels ``feature`` writes into most strongly, with its decoder weights (raw units)."""
+    d = sae.decoder_direction(feature).detach().cpu()
+    order = d.abs().argsort(descending=True)[:n]
+    return [(int(c), float(d[c])) for c in order]
 
 
 def raw_batches(data, *, model=None, layer: str | None = None, batch_size: int = 4096,
@@ -124,6 +121,8 @@ def split_channel(sae, channel: int, *, data, top: int = 8, model=None, max_samp
     the channel axis, firing frequencies and unit ids.
     """
     layer = sae.layer or "layer"
+    check_int("top", top, 1)  # 0 would record an empty split, -1 all but one feature
+    check_int("max_samples", max_samples, 1, optional=True)
     if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < sae.d_in:
         raise ChannelOutOfRangeError(layer, channel, sae.d_in)
     if model is not None:
@@ -154,9 +153,8 @@ def split_channel(sae, channel: int, *, data, top: int = 8, model=None, max_samp
     order = torch.argsort(shares, descending=True)[:top]
     features = [
         SplitFeature(
-            feature=int(f), unit_id=Unit(layer, int(f), sae=sae.name).id, share=float(shares[f]),
-            cosine=float(cosine[f]), frequency=float(fires[f] / n), mean_activation=float(act_on[f] / n_on),
-            weight=float(weight[f]),
+            unit_id=Unit(layer, int(f), sae=sae.name).id, share=float(shares[f]), cosine=float(cosine[f]),
+            freq=float(fires[f] / n), mean_activation=float(act_on[f] / n_on), weight=float(weight[f]),
         )
         for f in order.tolist()
     ]

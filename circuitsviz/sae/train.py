@@ -12,29 +12,39 @@
 >>> sae.metrics["fvu"], sae.metrics["l0"]                                                    # doctest: +SKIP
 (0.11, 32.0)
 
-``out`` holds ``checkpoint.pt`` (written every ``checkpoint_every`` steps), ``train_log.jsonl``
-(the training curve) and the saved SAE; calling ``fit_sae`` again with the same arguments
-resumes from the checkpoint and gives the same SAE as an uninterrupted fit.
+``out`` holds ``checkpoint.safetensors`` (tensors, with the settings, step and curve as JSON in
+its header; written every ``checkpoint_every`` steps),
+``train_log.jsonl`` (the training curve) and the saved SAE; calling ``fit_sae`` again with the
+same arguments resumes from the checkpoint and gives the same SAE as an uninterrupted fit.
+Nothing in ``out`` is unpickled: the settings are checked from the header before any tensor is read,
+and an old pickled ``checkpoint.pt`` is read only with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
+import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
-from ..errors import BadInputError, CircuitsvizError
+from ..errors import BadInputError, CircuitsvizError, check_float, check_int, check_name
+from ..hashing import config_hash
+from ..progress import progress_bar
+from ..units import sae_name
 from .cache import SampleSource, Sampler, build_cache, check_finite, open_cache
 from .io import save_sae
 from .metrics import evaluate
 from .model import ReluSAE, SparseAutoencoder, TopKSAE
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_CHECKPOINT = "checkpoint.pt"  # pickled, by circuitsviz <= 0.1.0
 LOG = "train_log.jsonl"
 
 
@@ -119,8 +129,13 @@ def fit_sae(
     ``sae.history`` (the training curve). ``model`` may be ``None`` when ``data`` already holds
     activation samples. Runs where the model (or the sample tensor) lives unless ``device`` says.
     ``batch_size`` is lowered to a quarter of the training samples for small data; ``steps``
-    defaults to about ten passes over the samples (500 to 20000 steps).
+    defaults to about ten passes over the samples (500 to 20000 steps). Activation samples of images
+    are cached under ``cache_root`` (default ``~/.cache/circuitsviz/activations``) and reused.
     """
+    _check_fit_args(model, data, layer, expansion=expansion, k=k, kind=kind, l1_coef=l1_coef, n_latents=n_latents,
+                    steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, decay=decay, grad_clip=grad_clip,
+                    dead_after=dead_after, aux_k=aux_k, seed=seed, n_images=n_images, heldout=heldout,
+                    name=name, checkpoint_every=checkpoint_every, sampler=sampler, out=out, device=device)
     source = resolve_samples(model, data, layer, sampler=sampler, seed=seed, n_images=n_images,
                              cache_root=cache_root, dtype=dtype, heldout=heldout, progress=progress)
     c = source.d_in
@@ -129,20 +144,25 @@ def fit_sae(
         if model.channels(layer) != c:
             raise BadInputError(f"samples have {c} channels but {model.name}:{layer} has {model.channels(layer)}")
     f = int(n_latents or expansion * c)
-    if kind not in ("topk", "relu"):
-        raise BadInputError(f"unknown SAE kind {kind!r}; valid: topk, relu")
+    if kind == "topk" and k > f:
+        raise BadInputError(f"k must be at most the number of features ({f}), got {k}")
+    if kind == "topk" and k > f // 4:
+        warnings.warn(f"k={k} active of {f} features: so large a share makes a dense SAE whose features are "
+                      f"hard to read; try k <= {max(1, f // 16)}", stacklevel=2)
     if source.n_train < f:
         raise BadInputError(
             f"only {source.n_train} training samples for {f} features; an SAE needs more samples than "
             "features (use more images, a denser sampler, or a smaller expansion)"
         )
+    if out is not None:
+        _check_writable(Path(out))
     batch_size = min(batch_size, max(1, source.n_train // 4))
-    steps = int(steps or min(max(10 * source.n_train // batch_size, 500), 20000))
-    lr = lr or default_lr(f)
-    dead_after = int(dead_after or min(10_000_000, max(steps * batch_size // 20, batch_size)))
+    steps = int(steps if steps is not None else min(max(10 * source.n_train // batch_size, 500), 20000))
+    lr = lr if lr is not None else default_lr(f)
+    dead_after = int(dead_after if dead_after is not None else min(10_000_000, max(steps * batch_size // 20, batch_size)))
     if device is None:
         device = model.device if model is not None else (data.device if isinstance(data, torch.Tensor) else "cpu")
-    name = name or (f"topk{k}x{f // c}" if kind == "topk" else f"relux{f // c}")
+    name = name or sae_name(kind, f // c, k)
 
     common = dict(layer=layer, model=getattr(model, "name", None), name=name)
     sae = (TopKSAE(c, f, k, aux_k=aux_k, **common) if kind == "topk" else ReluSAE(c, f, l1_coef, **common))
@@ -176,7 +196,7 @@ def fit_sae(
         tail = int(decay * steps)
         return warm * (min(1.0, (steps - step) / tail) if tail else 1.0)
 
-    bar = _bar(steps, start, progress, f"fit-sae {layer}")
+    bar = progress_bar(steps, desc=f"fit-sae {layer}", unit="step", initial=start, enabled=progress)
     batches = source.batches(batch_size, seed=seed, start_step=start)
     log_every = max(1, steps // 200)
     for step in range(start, steps):
@@ -185,7 +205,8 @@ def fit_sae(
             g["lr"] = lr * schedule(step)
         loss, parts, fired = train_step(sae, opt, x, since_fired >= dead_after, grad_clip)
         if not math.isfinite(loss):
-            raise CircuitsvizError(f"the SAE loss became {loss} at step {step}; lower the learning rate (now {lr:g})")
+            raise CircuitsvizError(f"the SAE loss became {loss} at step {step}; lower the learning rate (now {lr:g})"
+                                   + (f" or the L1 coefficient (now {l1_coef:g})" if kind == "relu" else ""))
         since_fired += x.shape[0]
         since_fired[fired] = 0
         if step % log_every == 0 or step == steps - 1:
@@ -211,6 +232,60 @@ def fit_sae(
     if out is not None:
         save_sae(sae, out)
     return sae
+
+
+def _check_fit_args(model, data, layer, *, expansion, k, kind, l1_coef, n_latents, steps, batch_size, lr, warmup,
+                    decay, grad_clip, dead_after, aux_k, seed, n_images, heldout, name, checkpoint_every,
+                    sampler, out, device) -> None:
+    """Every argument of :func:`fit_sae` in its valid range, before any work starts."""
+    if kind not in ("topk", "relu"):
+        raise BadInputError(f"unknown SAE kind {kind!r}; valid: topk, relu")
+    if not isinstance(layer, str) or not layer:
+        raise BadInputError(f"layer must be a layer name, got {layer!r}")
+    check_int("expansion", expansion, 1, 1024)
+    check_int("n_latents", n_latents, 1, 1 << 24, optional=True)
+    check_int("k", k, 1)
+    check_float("l1_coef", l1_coef, 0)
+    check_int("steps", steps, 1, 10**9, optional=True)
+    check_int("batch_size", batch_size, 1, 1 << 24)
+    check_float("lr", lr, 0, 1, lo_open=True, optional=True)
+    check_float("warmup", warmup, 0, 1)
+    check_float("decay", decay, 0, 1)
+    check_float("grad_clip", grad_clip, 0, lo_open=True)
+    check_int("dead_after", dead_after, 1, optional=True)
+    check_int("aux_k", aux_k, 1, optional=True)
+    check_int("seed", seed, 0, 2**63 - 1)
+    check_int("n_images", n_images, 1)
+    check_float("heldout", heldout, 0, 0.9)
+    check_int("checkpoint_every", checkpoint_every, 1)
+    if name is not None:
+        check_name("SAE name", name)
+    if not isinstance(sampler, Sampler):
+        raise BadInputError(f"sampler must be a circuitsviz.sae.Sampler, got {type(sampler).__name__}")
+    from ..models.zoo import check_device
+
+    check_device(device)
+    if out is not None:
+        if not isinstance(out, (str, Path)) or not str(out) or "\x00" in str(out):
+            raise BadInputError(f"out must be a folder path, got {out!r}")
+        if Path(out).exists() and not Path(out).is_dir():
+            raise BadInputError(f"out {str(out)!r} exists and is not a folder; give a folder for the SAE's files")
+    if model is not None and not isinstance(data, (torch.Tensor, SampleSource)):
+        model.layer(layer)  # unknown -> UnknownNameError with the valid names
+        shape = model.layer_shapes([layer])[layer]
+        if len(shape) != 3:
+            raise BadInputError(f"layer {layer!r} has shape {shape}, not a C x H x W feature map; "
+                                "SAEs here are fit on the positions of a spatial (convolutional) layer")
+
+
+def _check_writable(out: Path) -> None:
+    """Make ``out`` and write a probe file there, so an unwritable folder fails before any work."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise BadInputError(f"cannot write the SAE's files into {str(out)!r}: {e.strerror or e}") from None
 
 
 def make_optimizer(sae: SparseAutoencoder, lr: float) -> torch.optim.Adam:
@@ -240,30 +315,87 @@ def _init_from_data(sae: SparseAutoencoder, x: torch.Tensor) -> None:
     sae.b_pre.copy_(geometric_median(sae.normalize(x)))
 
 
-def _settings_hash(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _load_checkpoint(out: Path, settings: dict) -> dict | None:
+    """The checkpoint in ``out`` if it matches ``settings`` (checked before any tensor is read)."""
     path = out / CHECKPOINT
     if not path.exists():
+        return _load_legacy_checkpoint(out / LEGACY_CHECKPOINT, settings)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            doc = json.loads((f.metadata() or {})["checkpoint"])
+            _check_settings(path, doc.get("settings_hash"), doc.get("settings"), settings)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return _unflatten(tensors, doc)
+    except BadInputError:
+        raise
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, AttributeError) as e:
+        raise BadInputError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); "
+                            "delete it to start over") from None
+
+
+def _load_legacy_checkpoint(path: Path, settings: dict) -> dict | None:
+    if not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("settings_hash") != _settings_hash(settings):
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
+    except Exception as e:  # torch raises several types; a refused pickle is one of them
         raise BadInputError(
-            f"{path} belongs to a fit with different settings ({state.get('settings')}); "
+            f"refused to load {path}: it is not a plain checkpoint ({type(e).__name__}); "
+            "delete it to start over (circuitsviz never runs code from a file it reads)"
+        ) from None
+    if not isinstance(state, dict):
+        raise BadInputError(f"{path} does not hold a checkpoint; delete it to start over")
+    _check_settings(path, state.get("settings_hash"), state.get("settings"), settings)
+    return state
+
+
+def _check_settings(path: Path, saved_hash, saved: dict | None, settings: dict) -> None:
+    if saved_hash != config_hash(settings):
+        raise BadInputError(
+            f"{path} belongs to a fit with different settings ({saved}); "
             "use another --out directory, or delete the checkpoint to start over"
         )
-    return state
+
+
+def _flatten(sae, opt, since_fired) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors for safetensors and the JSON-able rest of the optimiser state."""
+    tensors = {f"sae.{k}": v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
+    tensors["since_fired"] = since_fired.detach().cpu().contiguous()
+    opt_state = opt.state_dict()
+    scalars: dict = {}
+    for idx, entry in opt_state["state"].items():
+        for key, val in entry.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"opt.{idx}.{key}"] = val.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = val
+    return tensors, {"param_groups": opt_state["param_groups"], "opt_scalars": scalars}
+
+
+def _unflatten(tensors: dict[str, torch.Tensor], doc: dict) -> dict:
+    sae = {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}
+    state: dict = {}
+    for name, v in tensors.items():
+        if name.startswith("opt."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = v
+    for name, v in doc.get("opt_scalars", {}).items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = v
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in doc["param_groups"]]
+    return {"sae": sae, "opt": {"state": state, "param_groups": groups}, "since_fired": tensors["since_fired"],
+            "history": doc["history"], "step": int(doc["step"]), "settings": doc.get("settings")}
 
 
 def _save_checkpoint(out: Path, sae, opt, since_fired, history, step: int, settings: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    tensors, rest = _flatten(sae, opt, since_fired)
+    doc = {"step": step, "history": history, "settings": settings,
+           "settings_hash": config_hash(settings), **rest}
     tmp = out / (CHECKPOINT + ".tmp")
-    torch.save({"sae": sae.state_dict(), "opt": opt.state_dict(), "since_fired": since_fired.cpu(),
-                "history": history, "step": step, "settings": settings,
-                "settings_hash": _settings_hash(settings)}, tmp)
+    save_file(tensors, tmp, metadata={"checkpoint": json.dumps(doc, default=str)})
     os.replace(tmp, out / CHECKPOINT)
+    (out / LEGACY_CHECKPOINT).unlink(missing_ok=True)
 
 
 def _append_log(out: Path | None, row: dict) -> None:
@@ -278,7 +410,3 @@ def _rewrite_log(out: Path, history: list[dict]) -> None:
     (out / LOG).write_text("".join(json.dumps(row) + "\n" for row in history))
 
 
-def _bar(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, unit="step")

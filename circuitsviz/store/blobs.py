@@ -10,13 +10,37 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..errors import BadInputError
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(value) -> bool:
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
+
+
+def remove_stale_temporaries(root: Path, max_age: float = 3600.0) -> int:
+    """Delete ``.tmp-*`` files under ``root`` older than ``max_age`` seconds: what a writer killed
+    between writing and renaming leaves behind (no reader ever names them). Returns the count."""
+    removed, now = 0, time.time()
+    # atomic_write puts them beside their target: images/ab/ and cache/renders/ab/.
+    for tmp in [*Path(root).glob(".tmp-*"), *Path(root).glob("*/.tmp-*"), *Path(root).glob("*/*/.tmp-*")]:
+        try:
+            if now - tmp.stat().st_mtime > max_age:
+                tmp.unlink()
+                removed += 1
+        except OSError:
+            pass  # a live writer renamed it meanwhile
+    return removed
 
 
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:
@@ -56,6 +80,10 @@ class BlobStore:
         self.root = Path(root)
 
     def path(self, sha256: str) -> Path:
+        """``images/ab/abcdef....png``; anything but 64 lowercase hex digits is refused, so a
+        damaged or hostile record can never name a file outside the store."""
+        if not is_sha256(sha256):
+            raise BadInputError(f"image hash {sha256!r} is not 64 hex digits; the record is damaged")
         return self.root / sha256[:2] / f"{sha256}.png"
 
     def put(self, data: bytes) -> str:

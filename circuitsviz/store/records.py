@@ -119,10 +119,18 @@ class Feature:
 
 @dataclass(frozen=True)
 class SplitFeature:
-    unit_id: str
-    share: float | None
-    cosine: float | None
-    freq: float | None
+    """One feature of a channel's split: what :func:`split_channel` ranks and the run stores."""
+
+    unit_id: str                                    # "mixed4e/topk8x_k32:17": a unit like any channel
+    share: float | None                             # fraction of the channel's activation it writes, where it fires
+    cosine: float | None                            # cosine of its decoder direction with the channel's axis
+    freq: float | None                              # fraction of all samples where it fires
+    mean_activation: float | None = None            # its mean activation where the channel fires
+    weight: float | None = None                     # decoder weight on the channel (raw units per unit of feature)
+
+    @property
+    def feature(self) -> int:
+        return int(self.unit_id.rsplit(":", 1)[1])
 
 
 @dataclass(frozen=True)
@@ -135,3 +143,12 @@ class Split:
     @property
     def channel_id(self) -> str:
         return f"{self.layer}:{self.channel}"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: str                                       # vis | mine | sae | split | ...
+    key: str                                        # what it was done for: a layer, "layer/sae", ...
+    at: float                                       # unix time of the last write
+    settings: dict | None                           # what it was computed with (None: not recorded)
+    complete: bool                                  # False: begun, not finished

@@ -6,8 +6,11 @@ are recovered by reopening the data source, reproducing the model-input image wi
 the centre of grid position ``p`` is ``offset + p * stride`` input pixels, and the field spans
 ``size`` pixels around it, clipped to the image.
 
-Renders are cached as PNGs under ``cache/renders/``, each named by the hash of everything that
-decides its pixels, so a render is computed once and identical requests share one file.
+Renders are cached as PNGs in the user's cache folder (``$CIRCUITSVIZ_CACHE``, else
+``$XDG_CACHE_HOME/circuitsviz/renders``, else ``~/.cache/circuitsviz/renders``), never in the run:
+viewing a run writes nothing into it, and a read-only run can be viewed. Each file is named by the
+hash of everything that decides its pixels (the data source, the image, the position, the mode...),
+so a render is computed once, and runs on the same data share renders.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import BadInputError
-from .blobs import atomic_write, png_bytes
 
 RENDER_VERSION = 2  # bump when the drawing below changes, so old cached renders are not reused
 MODES = ("crop", "full", "overlay")
@@ -87,23 +92,91 @@ def render_view(image: Image.Image, rf, y: int, x: int, mode: str, size: int,
     return view.resize((max(1, round(view.size[0] * scale)), max(1, round(view.size[1] * scale))), Image.BICUBIC)
 
 
-def render_example(run, example, mode: str = "crop", size: int = 128) -> Path:
-    """Render (or find in the cache) one view of a recorded example of ``run``; returns its PNG."""
-    from ..data import preprocess_image
+def default_mode(rf: tuple[float, float, float] | None, input_size: int | None) -> str:
+    """The view that shows an example best: its crop when the receptive field is a small part of
+    the image, else the heatmap over the whole image (a crop would be the image anyway).
+
+    >>> default_mode((91, 8, 4), 64), default_mode((40, 8, 4), 224)
+    ('overlay', 'crop')
+    """
+    return "overlay" if rf and input_size and rf[0] >= 0.75 * input_size else "crop"
+
+
+def prerender(run, unit_ids: list[str] | None = None, size: int = 128, cache_dir: Path | None = None) -> int:
+    """Draw every recorded example (top and quantile) of ``unit_ids`` (default: every unit that
+    has examples) in its default view, so the viewer's first look needs no drawing. Returns the
+    number of views drawn; ones already cached cost only a file check.
+
+    >>> prerender(open_run("runs/demo"))      # doctest: +SKIP
+    """
+    ctx = RenderContext.of(run)
+    drawn = 0
+    ids = unit_ids if unit_ids is not None else [u.id for u in run.units() if u.kind != "neuron"]
+    for uid in ids:
+        layer = uid.split("/")[0].split(":")[0]
+        mode = default_mode(ctx.rf.get(layer), ctx.input_size)
+        for e in [*run.examples(uid), *run.quantile_examples(uid)]:
+            try:
+                render_example(run, e, mode, size, cache_dir, ctx)
+                drawn += 1
+            except (OSError, KeyError, ValueError):  # an unreadable source image: the viewer says so
+                continue
+    return drawn
+
+
+def render_cache_dir() -> Path:
+    """Where rendered example views are cached (outside every run directory)."""
+    if os.environ.get("CIRCUITSVIZ_CACHE"):
+        return Path(os.environ["CIRCUITSVIZ_CACHE"]).expanduser() / "renders"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "circuitsviz" / "renders"
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """What every render of one run needs from its index, read once: the data source, the model's
+    input size and each layer's receptive field."""
+
+    spec: dict
+    input_size: int
+    rf: dict[str, tuple[float, float, float] | None]
+
+    @classmethod
+    def of(cls, run) -> "RenderContext":
+        info = run.info()
+        spec = info.data_source or {}
+        return cls(spec, int(info.input_size or spec.get("size") or 224), {r.name: r.rf for r in run.layers()})
+
+
+def render_example(run, example, mode: str = "crop", size: int = 128, cache_dir: Path | None = None,
+                   context: RenderContext | None = None) -> Path:
+    """Render (or find in the cache) one view of a recorded example of ``run``; returns its PNG.
+    Pass ``context`` (``RenderContext.of(run)``) when rendering many, to read the index once."""
     from ..units import Unit
 
-    info = run.info()
-    spec = info.data_source or {}
-    input_size = int(info.input_size or spec.get("size") or 224)
-    layer = Unit.parse(example.unit_id).layer
-    rf = run.layer(layer).rf if layer in {r.name for r in run.layers()} else None
+    ctx = context or RenderContext.of(run)
+    rf = ctx.rf.get(Unit.parse(example.unit_id).layer)
     actmap = getattr(example, "actmap", None) if mode == "overlay" else None
-    key = json.dumps([RENDER_VERSION, spec, input_size, example.image_id, example.y, example.x, rf, mode, size,
+    key = json.dumps([RENDER_VERSION, ctx.spec, ctx.input_size, example.image_id, example.y, example.x, rf, mode, size,
                       None if actmap is None else hashlib.sha256(np.asarray(actmap).tobytes()).hexdigest()],
                      sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()
-    path = run.cache_dir / "renders" / digest[:2] / f"{digest}.png"
+    path = Path(cache_dir or render_cache_dir()) / digest[:2] / f"{digest}.png"
     if not path.exists():
-        image = preprocess_image(run.source().load_image(example.image_id), input_size)
-        atomic_write(path, png_bytes(render_view(image, rf, example.y, example.x, mode, size, actmap)))
+        from ..data import preprocess_image  # imports torch: only when something must be drawn
+
+        image = preprocess_image(run.source().load_image(example.image_id), ctx.input_size)
+        write_cached(path, render_view(image, rf, example.y, example.x, mode, size, actmap))
     return path
+
+
+def write_cached(path: Path, image: Image.Image) -> None:
+    """Put a render into the cache: fast PNG compression and no fsync (a lost render is redrawn),
+    renamed into place so a concurrent reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+    try:
+        image.save(tmp, format="PNG", compress_level=1)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -14,6 +14,7 @@ most an unreferenced PNG behind. Group several puts into one transaction with ``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import sqlite3
@@ -24,41 +25,94 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadInputError, CircuitsvizError, UnknownNameError
+from ..errors import BadInputError, CircuitsvizError, DamagedRunError, UnknownNameError
 from ..units import Unit
-from .blobs import BlobStore
+from .blobs import BlobStore, is_sha256, remove_stale_temporaries
 from .records import (
     Example, Feature, LayerRecord, QuantileExample, RunInfo, SAERecord, Split, SplitFeature, Stats,
-    UnitRecord, Visualization,
+    StepRecord, UnitRecord, Visualization,
 )
-from .schema import ensure_schema
+from .publish import Publishing
+from .schema import SCHEMA_VERSION, StoreVersionError, ensure_schema
+from .steps import changed_error, settings_diff, to_json
 
 INDEX_NAME = "index.sqlite"
 VIS_KINDS = ("positive", "negative", "diversity", "neuron")
 EXAMPLE_KINDS = ("max", "mean")
 
 
-def open_run(path: str | Path, create: bool = False) -> "Run":
+def open_run(path: str | Path, create: bool = False, *, writable: bool | None = None) -> "Run":
     """Open the run directory at ``path`` (``create=True`` makes a new one if it is missing).
+
+    Without ``create`` (or ``writable=True``) the run is opened **read-only**: nothing in it is
+    created or changed, not the schema, not the journal mode (SQLite's ``mode=ro``). A missing,
+    empty, truncated or foreign ``index.sqlite`` is a :class:`~circuitsviz.errors.DamagedRunError`
+    naming the file and the repair.
 
     >>> run = open_run("runs/demo")                   # doctest: +SKIP
     >>> [u.id for u in run.units("mixed4e")][:2]      # doctest: +SKIP
     ['mixed4e:0', 'mixed4e:1']
     """
-    return Run(path, create=create)
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise BadInputError(f"a run is a folder path, got {path!r}")
+    return Run(path, create=create, writable=writable)
 
 
-def _json(value) -> str:
-    def plain(o):
-        if hasattr(o, "tolist"):  # numpy arrays and scalars, torch tensors
-            return o.tolist()
-        if isinstance(o, (set, tuple)):
-            return list(o)
-        if isinstance(o, Path):
-            return str(o)
-        raise TypeError(f"cannot store {type(o).__name__} as JSON")
+# Files only a run that already had an index can hold (the store writes images/ and cache/, the
+# study writes report.json last): if any is there, a missing or empty index
+# means damage, not a new run.
+RUN_CONTENTS = ("images", "cache", "report.json")
+_REPAIR = ("to repair, restore it from a backup, or save what is readable with "
+           "`sqlite3 {index} .recover | sqlite3 {index}.recovered` and move that into its place; "
+           "or re-run the job that made the run into a new folder")
 
-    return json.dumps(value, default=plain, sort_keys=True)
+
+def _sqlite_damage(index: Path) -> str | None:
+    """Why ``index`` cannot be a whole SQLite file (from its 100-byte header), or None."""
+    size = index.stat().st_size
+    with open(index, "rb") as f:
+        head = f.read(100)
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+        return "it is not an SQLite database"
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(head[28:32], "big")
+    valid = head[92:96] == head[24:28]  # the in-header page count is valid only then
+    if valid and pages and size < pages * page:
+        return f"it is truncated ({size} bytes, its header says {pages * page})"
+    return None
+
+
+def _check_index(root: Path, index: Path, create: bool) -> None:
+    """Refuse an index that is missing or empty where a run's files exist, or damaged."""
+    if root.exists() and not root.is_dir():
+        raise BadInputError(f"{str(root)!r} is a file, not a run folder; give a folder for the run")
+    leftovers = [n for n in RUN_CONTENTS if (root / n).exists()]
+    empty = index.exists() and index.is_file() and index.stat().st_size == 0
+    if (not index.exists() or empty) and leftovers:
+        state = "is empty (0 bytes)" if empty else "is missing"
+        raise DamagedRunError(
+            f"run {str(root)!r} has {', '.join(leftovers)} but its index {index} {state}, so it is damaged, "
+            "not new; restore index.sqlite from a backup, or re-run the job that made it into a new folder"
+        )
+    if not index.exists():
+        if not create:
+            hint = " (it is a folder, but holds no index.sqlite)" if root.is_dir() else ""
+            raise BadInputError(
+                f"no circuitsviz run at {str(root)!r}{hint}; runs are made by `circuitsviz study`, "
+                "`circuitsviz mine --out DIR` and friends, or open_run(path, create=True)"
+            )
+        return
+    if not index.is_file():
+        raise DamagedRunError(f"the run index {index} is not a file")
+    if empty:
+        if create:
+            return  # a writer killed before its first commit: start afresh
+        raise DamagedRunError(f"the run index {index} is empty (0 bytes): the run is damaged or was never written; "
+                              "re-run the job that made it")
+    why = _sqlite_damage(index)
+    if why:
+        raise DamagedRunError(f"the run index {index} is damaged: {why}; " + _REPAIR.format(index=index))
 
 
 def _opt_float(v) -> float | None:
@@ -80,40 +134,78 @@ def _actmap_array(blob: bytes | None) -> np.ndarray | None:
     return None if blob is None else np.load(io.BytesIO(blob), allow_pickle=False).astype(np.float32)
 
 
-class Run:
-    """A run directory: ``index.sqlite`` (WAL) plus ``images/`` (content-addressed PNGs) and
-    ``cache/`` (rendered example crops). See ``circuitsviz/store/SPEC.md``.
+class Run(Publishing):
+    """A run directory: ``index.sqlite`` (WAL) plus ``images/`` (content-addressed PNGs),
+    ``saes/``, ``activations/`` and ``mining/`` (work files).
+    See ``circuitsviz/store/SPEC.md``.
 
-    One ``Run`` may be shared between threads (the viewer does); calls are serialised by a lock.
+    Results go in through the publishing API (``add_visualizations``, ``add_mining``,
+    ``add_sae``, ``add_split``; see :class:`~circuitsviz.store.publish.Publishing`), which checks
+    each step's settings against what the run already holds. The ``put_*`` methods below are
+    the raw rows they write. One ``Run`` may be shared between threads (the viewer does); calls
+    are serialised by a lock.
     """
 
-    def __init__(self, path: str | Path, create: bool = False) -> None:
+    def __init__(self, path: str | Path, create: bool = False, *, writable: bool | None = None) -> None:
         self.path = Path(path).expanduser()
+        self.writable = bool(create) if writable is None else bool(writable)
         index = self.path / INDEX_NAME
-        if not index.exists():
-            if not create:
-                hint = " (it is a folder, but holds no index.sqlite)" if self.path.is_dir() else ""
-                raise BadInputError(
-                    f"no circuitsviz run at {str(path)!r}{hint}; runs are made by `circuitsviz study`, "
-                    "`circuitsviz mine --out DIR` and friends, or open_run(path, create=True)"
-                )
-            self.path.mkdir(parents=True, exist_ok=True)
+        _check_index(self.path, index, create)
+        if create:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise BadInputError(f"cannot create the run folder {str(path)!r}: {e.strerror or e}") from None
         self.blobs = BlobStore(self.path / "images")
         self.cache_dir = self.path / "cache"
         self._lock = threading.RLock()
         self._depth = 0
         self._source = None
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly one put.
-        self._conn = sqlite3.connect(index, isolation_level=None, check_same_thread=False, timeout=30.0)
-        self._conn.execute("PRAGMA busy_timeout = 30000")
-        if self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
-            raise CircuitsvizError(f"could not switch {index} to WAL mode (is it on a network filesystem?)")
-        self._conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; atomic always
         try:
-            ensure_schema(self._conn, str(self.path), create=True)
+            self._conn = self._connect(index)
+        except sqlite3.OperationalError as e:  # locked, unreadable, ...: not damage
+            raise CircuitsvizError(f"cannot open the run index {index}: {e}") from None
+        except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
+            raise DamagedRunError(f"the run index {index} is damaged ({e}); " + _REPAIR.format(index=index)) from None
+        if self.writable:
+            remove_stale_temporaries(self.path / "images")
+            remove_stale_temporaries(self.cache_dir)
+
+    def _connect(self, index: Path) -> sqlite3.Connection:
+        if not self.writable:
+            # mode=ro: a reader never creates tables or switches the journal mode, so a foreign
+            # SQLite file stays exactly as it was. (A WAL-mode run's readers share its -shm file.)
+            conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=30.0)
+            try:
+                conn.execute("PRAGMA busy_timeout = 30000")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                if version == 0 or "meta" not in tables or "units" not in tables:
+                    raise DamagedRunError(
+                        f"{index} is an SQLite file but not a circuitsviz run index (tables: "
+                        f"{', '.join(sorted(tables)) or 'none'}); it was opened read-only and left unchanged"
+                    )
+                if version < SCHEMA_VERSION:  # upgrading would write; a reader changes nothing
+                    raise StoreVersionError(f"run {str(self.path)!r} uses the older store schema {version}; "
+                                            "open it once for writing (open_run(path, writable=True)) to upgrade it")
+                ensure_schema(conn, str(self.path), create=False)  # refuses a newer version
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly one put.
+        conn = sqlite3.connect(index, isolation_level=None, check_same_thread=False, timeout=30.0)
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+                raise CircuitsvizError(f"could not switch {index} to WAL mode (is it on a network filesystem?)")
+            conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; atomic always
+            ensure_schema(conn, str(self.path), create=True)
         except BaseException:
-            self._conn.close()
+            conn.close()
             raise
+        return conn
 
     def close(self) -> None:
         with self._lock:
@@ -184,7 +276,7 @@ class Run:
     def _set_meta(self, **values) -> None:
         with self.batch():
             for k, v in values.items():
-                self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, _json(v)))
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, to_json(v)))
 
     def set_info(self, model: str | None = None, weights_sha256: str | None = None,
                  input_size: int | None = None, settings: dict | None = None) -> None:
@@ -207,10 +299,13 @@ class Run:
         rf = None if rf is None else tuple(float(v) for v in rf)
         if rf is not None and len(rf) != 3:
             raise BadInputError(f"rf must be (size, stride, offset), got {rf!r}")
-        with self.batch():
+        with self.batch():  # a writer that does not know the receptive field keeps the recorded one
             self._conn.execute(
-                "INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, int(channels), height, width, _json(br), *(rf or (None, None, None))),
+                "INSERT INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "channels = excluded.channels, height = excluded.height, width = excluded.width, "
+                "branches = excluded.branches, rf_size = coalesce(excluded.rf_size, rf_size), "
+                "rf_stride = coalesce(excluded.rf_stride, rf_stride), rf_offset = coalesce(excluded.rf_offset, rf_offset)",
+                (name, int(channels), height, width, to_json(br), *(rf or (None, None, None))),
             )
 
     def add_units(self, units: Iterable[dict | str | Unit]) -> None:
@@ -245,7 +340,7 @@ class Run:
             uid = self._add_unit(unit_id)
             self._conn.execute(
                 "INSERT OR REPLACE INTO visualizations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (uid, kind, int(index), sha, h, w, _opt_float(objective), _json(settings or {})),
+                (uid, kind, int(index), sha, h, w, _opt_float(objective), to_json(settings or {})),
             )
         return self.blobs.path(sha)
 
@@ -291,17 +386,22 @@ class Run:
             uid = self._add_unit(unit_id)
             self._conn.execute(
                 "INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (uid, _opt_float(mean), _opt_float(max), _opt_float(frac_positive), _json(counts),
-                 _json(edges), _json(scores or {}), _json(labels)),
+                (uid, _opt_float(mean), _opt_float(max), _opt_float(frac_positive), to_json(counts),
+                 to_json(edges), to_json(scores or {}), to_json(labels)),
             )
 
     def put_sae(self, name: str, layer: str, config: dict | None = None, metrics: dict | None = None,
                 path: str | Path | None = None) -> None:
-        """Record an SAE trained on ``layer``: its config, metrics (FVU, L0, ...) and saved files."""
+        """Record an SAE trained on ``layer``: its config, metrics (FVU, L0, ...) and saved files
+        (a path relative to the run when it lies inside it, so a moved run still finds them)."""
+        if path is not None:
+            path = Path(path)
+            with contextlib.suppress(ValueError):
+                path = path.resolve().relative_to(self.path.resolve())
         with self.batch():
             self._conn.execute(
                 "INSERT OR REPLACE INTO saes VALUES (?, ?, ?, ?, ?)",
-                (name, layer, _json(config or {}), _json(metrics or {}), None if path is None else str(path)),
+                (name, layer, to_json(config or {}), to_json(metrics or {}), None if path is None else str(path)),
             )
 
     def put_feature(self, unit_id: str, sae: str | None = None, decoder_top: Iterable = (),
@@ -316,7 +416,7 @@ class Run:
             uid = self._add_unit(unit)
             self._conn.execute(
                 "INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?)",
-                (uid, unit.sae, _json(top), _opt_float(freq), _opt_float(mean_act)),
+                (uid, unit.sae, to_json(top), _opt_float(freq), _opt_float(mean_act)),
             )
             self._conn.execute("DELETE FROM feature_writes WHERE unit_id = ?", (uid,))
             self._conn.executemany("INSERT OR REPLACE INTO feature_writes VALUES (?, ?, ?, ?)",
@@ -337,13 +437,82 @@ class Run:
                      _opt_float(f.get("cosine")), _opt_float(f.get("freq"))),
                 )
 
-    def mark_done(self, step: str, key: str) -> None:
-        """Note that ``step`` finished for ``key``, so a re-run of the pipeline can skip it."""
+    # ---------------------------------------------------------------- steps and their settings
+    def step(self, step: str, key: str) -> StepRecord | None:
+        """The record of ``step`` for ``key`` (its settings, and whether it finished), or None."""
+        rows = self._rows("SELECT step, key, at, settings, complete FROM done WHERE step = ? AND key = ?",
+                          (step, str(key)))
+        if not rows:
+            return None
+        step, key, at, settings, complete = rows[0]
+        return StepRecord(step, key, at, None if settings is None else json.loads(settings), bool(complete))
+
+    def steps(self, step: str | None = None) -> list[StepRecord]:
+        """Every step record (optionally of one step), in the order they were first written."""
+        sql, args = ("SELECT step, key FROM done WHERE step = ?", (step,)) if step else ("SELECT step, key FROM done", ())
+        return [self.step(s, k) for s, k in self._rows(sql + " ORDER BY rowid", args)]
+
+    def check_step(self, step: str, key: str, settings: dict, *, overwrite: bool = False,
+                   what: str | None = None) -> bool:
+        """True when ``step`` for ``key`` finished with exactly ``settings`` (reuse it); False when
+        it is still to do (new, begun, or ``overwrite``). Other recorded settings raise
+        :class:`SettingsChangedError` naming the changed ones: call this before any work."""
+        rec = self.step(step, key)
+        if rec is None:
+            return False
+        diff = settings_diff(rec.settings, settings)
+        if not diff:
+            return rec.complete
+        if overwrite:
+            return False
+        raise changed_error(what or f"step {step!r} of {key}", repr(str(self.path)), diff)
+
+    def begin_step(self, step: str, key: str, settings: dict | None = None) -> None:
+        """Record that ``step`` for ``key`` started with ``settings`` (a later call with others is refused)."""
+        self._put_step(step, key, settings, complete=False)
+
+    def mark_done(self, step: str, key: str, settings: dict | None = None) -> None:
+        """Record that ``step`` finished for ``key`` (with ``settings``; default: those it began with)."""
+        if settings is None:
+            rec = self.step(step, key)
+            settings = rec.settings if rec is not None else {}
+        self._put_step(step, key, settings, complete=True)
+
+    def _put_step(self, step: str, key: str, settings: dict | None, complete: bool) -> None:
         with self.batch():
-            self._conn.execute("INSERT OR REPLACE INTO done VALUES (?, ?, ?)", (step, str(key), time.time()))
+            self._conn.execute("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?)",
+                               (step, str(key), time.time(), to_json(settings or {}), int(complete)))
 
     def is_done(self, step: str, key: str) -> bool:
-        return bool(self._rows("SELECT 1 FROM done WHERE step = ? AND key = ?", (step, str(key))))
+        rec = self.step(step, key)
+        return rec is not None and rec.complete
+
+    def forget_steps(self, step: str, prefix: str = "") -> None:
+        """Drop the records of ``step`` whose key starts with ``prefix`` (their results are being replaced)."""
+        with self.batch():
+            self._conn.execute("DELETE FROM done WHERE step = ? AND substr(key, 1, ?) = ?", (step, len(prefix), prefix))
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold the run's lock ``name`` (e.g. one SAE, one mining job) across processes: a second
+        writer waits here until the first is done, then finds its result."""
+        path = self.path / "locks" / (hashlib.sha256(name.encode()).hexdigest()[:16] + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; one writer per run is the rule there
+            yield
+            return
+        with open(path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(name)
+                f.flush()
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     # ---------------------------------------------------------------- read API
     def _meta(self) -> dict:
@@ -430,20 +599,27 @@ class Run:
         rows = self._rows("SELECT s.* FROM stats s JOIN units u ON u.id = s.unit_id WHERE u.layer = ?", (layer,))
         return {r[0]: self._stats(r) for r in rows}
 
-    @staticmethod
-    def _sae(row) -> SAERecord:
+    def _sae(self, row) -> SAERecord:
         name, layer, config, metrics, path = row
+        if path is not None and not Path(path).is_absolute():
+            path = str(self.path / path)
         return SAERecord(name, layer, json.loads(config), json.loads(metrics), path)
 
     def saes(self, layer: str | None = None) -> list[SAERecord]:
         sql, args = ("SELECT * FROM saes WHERE layer = ?", (layer,)) if layer else ("SELECT * FROM saes", ())
         return [self._sae(r) for r in self._rows(sql + " ORDER BY rowid", args)]
 
-    def sae(self, name: str) -> SAERecord:
-        rows = self._rows("SELECT * FROM saes WHERE name = ?", (name,))
-        if not rows:
-            raise UnknownNameError("SAE", name, [s.name for s in self.saes()])
-        return self._sae(rows[0])
+    def sae(self, name: str, layer: str | None = None) -> SAERecord:
+        """The SAE called ``name`` (``layer/name`` or ``layer=`` picks one of several layers')."""
+        if layer is None and "/" in name:
+            layer, name = name.split("/", 1)
+        found = [s for s in self.saes(layer) if s.name == name]
+        if len(found) > 1:
+            raise BadInputError(f"SAE {name!r} exists on layers {', '.join(s.layer for s in found)}; "
+                                f"name one as LAYER/{name}")
+        if not found:
+            raise UnknownNameError("SAE", name, [f"{s.layer}/{s.name}" for s in self.saes()])
+        return found[0]
 
     @staticmethod
     def _feature(row) -> Feature:
@@ -477,19 +653,68 @@ class Run:
             groups.setdefault((lay, ch, sae), []).append(SplitFeature(uid, share, cos, freq))
         return [Split(lay, ch, sae, feats) for (lay, ch, sae), feats in groups.items()]
 
-    def split(self, layer: str, channel: int, sae: str | None = None) -> Split | None:
-        """The split of ``layer:channel`` (by ``sae``, or by the first SAE that split it)."""
+    def split(self, layer: str, channel: int | None = None, sae: str | None = None) -> Split | None:
+        """The split of a channel (by ``sae``, or by the first SAE that split it), or None.
+
+        >>> run.split("mixed4e:55", sae="topk8x_k32")      # doctest: +SKIP
+        >>> run.split("mixed4e", 55)                        # the same  # doctest: +SKIP
+        """
+        if channel is None:
+            unit = Unit.parse(layer)
+            if unit.kind != "channel":
+                raise BadInputError(f"a split is of a channel such as 'mixed4e:55', not {layer!r}")
+            layer, channel = unit.layer, unit.index
         found = [s for s in self.splits(layer) if s.channel == int(channel) and (sae is None or s.sae == sae)]
         return found[0] if found else None
 
     # ---------------------------------------------------------------- checks
-    def verify(self) -> list[str]:
-        """Problems with this run (an empty list when it is consistent): SQLite's integrity
-        check, plus every PNG a row names must exist."""
-        problems = [r[0] for r in self._rows("PRAGMA integrity_check") if r[0] != "ok"]
-        for (sha,) in self._rows("SELECT DISTINCT sha256 FROM visualizations"):
-            if not self.blobs.path(sha).is_file():
-                problems.append(f"missing image {self.blobs.path(sha)}")
+    def verify(self, *, source_images: bool = False) -> list[str]:
+        """Problems with this run (an empty list when it is consistent), one line each: SQLite's
+        integrity check; every image hash a row names must be 64 hex digits and its PNG must
+        exist; every example's image id must lie inside the data folder (and, with
+        ``source_images``, exist there). Reads only.
+
+        >>> open_run("runs/demo").verify()    # doctest: +SKIP
+        []
+        """
+        try:
+            problems = [f"index: {r[0]}" for r in self._rows("PRAGMA integrity_check") if r[0] != "ok"]
+            vis = self._rows("SELECT unit_id, kind, idx, sha256 FROM visualizations ORDER BY unit_id, kind, idx")
+            ids = self._rows("SELECT DISTINCT image_id FROM examples UNION SELECT DISTINCT image_id FROM quantile_examples")
+        except sqlite3.DatabaseError as e:
+            return [f"index: cannot be read ({e})"]
+        for uid, kind, idx, sha in vis:
+            if not is_sha256(sha):
+                problems.append(f"visualization {uid} {kind} #{idx}: image hash {sha!r} is not 64 hex digits")
+            elif not self.blobs.path(sha).is_file():
+                problems.append(f"visualization {uid} {kind} #{idx}: missing image {self.blobs.path(sha)}")
+        problems += self._verify_image_ids([i for (i,) in ids], source_images)
+        return problems
+
+    def _verify_image_ids(self, ids: list[str], check_exists: bool) -> list[str]:
+        try:
+            spec = self.info().data_source
+        except (sqlite3.DatabaseError, ValueError) as e:
+            return [f"meta: data source cannot be read ({e})"]
+        if not spec or spec.get("kind") != "folder":
+            return []
+        from ..data.folder import ImageFolderDataset
+
+        root = Path(str(spec.get("root", ""))).expanduser()
+        probe = ImageFolderDataset.__new__(ImageFolderDataset)  # path checks only: no folder scan
+        probe.root = root
+        problems, absent = [], []
+        for image_id in ids:
+            try:
+                path = probe.path_of(image_id)
+            except BadInputError as e:
+                problems.append(f"example image: {e}")
+                continue
+            if check_exists and not path.is_file():
+                absent.append(image_id)
+        if absent:
+            shown = ", ".join(absent[:5]) + (f", ... ({len(absent)} in all)" if len(absent) > 5 else "")
+            problems.append(f"example images missing from the data folder {root}: {shown}")
         return problems
 
     # ---------------------------------------------------------------- rendered crops
@@ -508,7 +733,7 @@ class Run:
     def example_image(self, example: Example | QuantileExample, mode: str = "crop", size: int = 128) -> Path:
         """The PNG of an example: ``crop`` (its receptive field), ``full`` (the model-input image
         with the field boxed) or ``overlay`` (``full`` plus the activation heatmap). Rendered from
-        the source image once, then cached under ``cache/``."""
+        the source image once, then cached in the user cache folder, never in the run."""
         from .render import render_example
 
         return render_example(self, example, mode, size)

@@ -11,7 +11,7 @@ import sqlite3
 
 from ..errors import CircuitsvizError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # JSON columns hold small, schema-free payloads (settings, metrics, branch tables);
 # everything the viewer filters or sorts on is a real column.
@@ -41,8 +41,8 @@ CREATE TABLE IF NOT EXISTS stats (
     hist_counts TEXT NOT NULL DEFAULT '[]', hist_edges TEXT NOT NULL DEFAULT '[]',
     scores TEXT NOT NULL DEFAULT '{}', label_counts TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS saes (
-    name TEXT PRIMARY KEY, layer TEXT NOT NULL, config TEXT NOT NULL DEFAULT '{}',
-    metrics TEXT NOT NULL DEFAULT '{}', path TEXT);
+    name TEXT NOT NULL, layer TEXT NOT NULL, config TEXT NOT NULL DEFAULT '{}',
+    metrics TEXT NOT NULL DEFAULT '{}', path TEXT, PRIMARY KEY (layer, name));
 CREATE TABLE IF NOT EXISTS features (
     unit_id TEXT PRIMARY KEY, sae TEXT NOT NULL, decoder_top TEXT NOT NULL DEFAULT '[]',
     freq REAL, mean_act REAL);
@@ -56,12 +56,26 @@ CREATE TABLE IF NOT EXISTS splits (
     layer TEXT NOT NULL, channel INTEGER NOT NULL, sae TEXT NOT NULL, rank INTEGER NOT NULL,
     unit_id TEXT NOT NULL, share REAL, cosine REAL, freq REAL,
     PRIMARY KEY (layer, channel, sae, rank));
+-- one row per step of work: what it was computed with (settings, JSON; NULL in runs from
+-- schema 1, which did not record them) and whether it finished (complete = 0: begun).
 CREATE TABLE IF NOT EXISTS done (step TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL,
-    PRIMARY KEY (step, key));
+    settings TEXT, complete INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (step, key));
 """
 
-# version -> SQL that upgrades version-1 to version. Empty while there is one version.
-MIGRATIONS: dict[int, str] = {}
+# version -> SQL that upgrades version-1 to version.
+MIGRATIONS: dict[int, str] = {
+    # 2: an SAE is named within its layer (unit ids are layer/sae:i), and steps record their settings.
+    2: """
+CREATE TABLE saes_v2 (
+    name TEXT NOT NULL, layer TEXT NOT NULL, config TEXT NOT NULL DEFAULT '{}',
+    metrics TEXT NOT NULL DEFAULT '{}', path TEXT, PRIMARY KEY (layer, name));
+INSERT INTO saes_v2 SELECT name, layer, config, metrics, path FROM saes;
+DROP TABLE saes;
+ALTER TABLE saes_v2 RENAME TO saes;
+ALTER TABLE done ADD COLUMN settings TEXT;
+ALTER TABLE done ADD COLUMN complete INTEGER NOT NULL DEFAULT 1;
+""",
+}
 
 
 class StoreVersionError(CircuitsvizError, RuntimeError):

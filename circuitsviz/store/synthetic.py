@@ -95,6 +95,7 @@ def _write_channel(run: Run, uid: str, seed: int, dataset: ImageFolderDataset, k
     counts = {c: labels.count(c) for c in CLASSES if c in labels}
     p = np.array(list(counts.values()), dtype=float) / len(labels)
     hist, edges = np.histogram(rng.gamma(1.5, 1.0, 500), bins=20)
+    means = {c: float(rng.uniform(0.2, 5.0)) for c in CLASSES}  # mean activation per concept
     with run.batch():  # one transaction: a reader sees this unit whole or not at all
         run.put_visualization(uid, _pattern(seed), kind="positive", objective=float(values[0]))
         run.put_visualization(uid, _pattern(seed + 10_000), kind="negative")
@@ -109,7 +110,8 @@ def _write_channel(run: Run, uid: str, seed: int, dataset: ImageFolderDataset, k
         run.put_stats(uid, mean=float(rng.uniform(0, 1)), max=float(values[0]), frac_positive=float(rng.uniform(0, 1)),
                       hist_counts=hist, hist_edges=edges, label_counts=counts,
                       scores={"purity": float(p.max()), "entropy": float(-(p * np.log(p)).sum()),
-                              "concept_count": len(counts)})
+                              "concept_count": sum(m >= 0.5 * max(means.values()) for m in means.values()),
+                              "concept_means": means})
 
 
 def write_synthetic_run(path: str | Path, channels: dict[str, int] | None = None, n_features: int = 8,

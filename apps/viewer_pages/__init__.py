@@ -1,1 +1,0 @@
-"""The viewer's pages (``apps/viewer.py`` wires them into ``st.navigation``)."""

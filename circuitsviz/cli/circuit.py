@@ -1,0 +1,73 @@
+"""``circuitsviz circuit``: a thin wrapper over :func:`circuitsviz.circuits.circuit` (and, given
+``--data``, :func:`attribute` and :func:`faithfulness`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import BadInputError
+from .common import add_model_args, model_from_args
+
+EPILOG = """\
+examples:
+  circuitsviz circuit --model inceptionv1 --unit mixed4c:447 --source mixed4b --top 10
+  circuitsviz circuit --model inceptionv1 --unit mixed4c:447 --target mixed4d
+  circuitsviz circuit --model demo --unit mixed3b:4 --source mixed3a --data procedural --faithfulness
+  circuitsviz circuit --model demo --unit mixed3b/topk8x_k1:35 --source mixed3a --sae runs/demo/work/sae/topk8x_k1
+
+Weights are direct where one conv connects the layers and expanded otherwise: the Jacobian of
+the path with ReLUs as identity and max pools as average pools (Voss et al., Visualizing Weights).
+With --data, each source's contribution on those images is printed too (activation x gradient or
+integrated gradients), and --faithfulness compares ablating the top --n attributed sources with
+ablating --n random ones.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("circuit", help="a unit's strongest inputs (or outputs): weights, attribution, ablation",
+                       description="Print the units of an earlier (--source) or later (--target) layer with the "
+                       "largest positive and negative weights to a unit, each with its kernel size and branch.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--unit", required=True, help="unit id: mixed4c:447, or an SAE feature mixed3b/NAME:35")
+    ends = p.add_mutually_exclusive_group(required=True)
+    ends.add_argument("--source", help="earlier layer whose units feed the unit (LAYER or LAYER/SAE_NAME)")
+    ends.add_argument("--target", help="later layer whose units the unit feeds (LAYER or LAYER/SAE_NAME)")
+    p.add_argument("--top", type=int, default=10, help="connections listed per sign (default: %(default)s)")
+    p.add_argument("--sae", action="append", default=[], metavar="DIR",
+                   help="a saved SAE (directory) that feature ids name; repeat for several")
+    p.add_argument("--input-size", type=int, help="image size the weights are computed at (default: chosen)")
+    d = p.add_argument_group("attribution (needs --data and --source)")
+    d.add_argument("--data", help="image folder or 'procedural'")
+    d.add_argument("--images", type=int, default=200, help="images to use (default: %(default)s)")
+    d.add_argument("--method", choices=["act_x_grad", "integrated_gradients"], default="act_x_grad")
+    d.add_argument("--faithfulness", action="store_true", help="also ablate the top --n sources vs random ones")
+    d.add_argument("--n", type=int, default=5, help="sources ablated for --faithfulness (default: %(default)s)")
+    d.add_argument("--mode", choices=["zero", "mean"], default="zero", help="ablation (default: %(default)s)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..circuits import attribute, circuit, faithfulness
+    from ..sae import load_sae
+
+    if args.data and not args.source:
+        raise BadInputError("--data attributes to a --source layer; give --source")
+    model = model_from_args(args)
+    saes = [load_sae(path, model=model, device=model.device) for path in args.sae]
+    result = circuit(model, args.unit, source=args.source, target=args.target, top=args.top, sae=saes,
+                     input_size=args.input_size)
+    print(result.table())
+    if result.truncated:
+        print("note: some kernels reached the edge of the map they were computed on; pass a larger --input-size")
+    if args.data:
+        att = attribute(model, args.unit, source=args.source, data=args.data, method=args.method, sae=saes,
+                        limit=args.images)
+        print()
+        print(att.table(args.top))
+        if args.faithfulness:
+            f = faithfulness(model, args.unit, source=args.source, data=args.data, n=args.n, method=args.method,
+                             mode=args.mode, sae=saes, limit=args.images)
+            print()
+            print(f.summary())
+    return 0

@@ -1,0 +1,198 @@
+"""A generated bad-input suite over every public API function (issue 15).
+
+The table is built from the signatures: for each public function (``circuitsviz.__all__``) a
+cheap valid call is written by hand once, and every parameter of its signature is then replaced,
+one at a time, by each value of ``BAD`` (zero, negative, NaN, inf, huge, wrong-type and
+path-shaped values). The contract checked for every case:
+
+- the call returns, or raises a :class:`CircuitsvizError` subclass: never another exception type,
+  which would reach a user as a traceback;
+- a numeric parameter given NaN, inf, a string or an arbitrary object raises (it is never
+  silently used);
+- no case hangs: each runs under a timer (``CASE_SECONDS``).
+
+Cases run in a scratch working directory, so a relative path-shaped value lands there.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import signal
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import circuitsviz as cv
+from circuitsviz.errors import CircuitsvizError
+
+CASE_SECONDS = 8
+
+
+class _Opaque:
+    def __repr__(self) -> str:
+        return "<object>"
+
+
+BAD = [0, -1, -5, math.nan, math.inf, -math.inf, 10**12, "banana", "../../x/y", "/proc/self", b"\x00", _Opaque()]
+MUST_RAISE = [math.nan, math.inf, -math.inf, "banana", _Opaque()]  # for int/float parameters
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).relu()
+
+
+_cache: dict = {}
+
+
+def demo():
+    if "demo" not in _cache:
+        torch.manual_seed(0)
+        _cache["demo"] = cv.load_model("demo", pretrained=False)
+    return _cache["demo"]
+
+
+def tiny_data():
+    from circuitsviz.data import ConceptDataset
+
+    return ConceptDataset(n=2, seed=0, size=64)
+
+
+def samples():
+    return torch.rand(240, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _mining_results():
+    r = cv.mine(demo(), tiny_data(), "mixed3a", k=1, batch_size=2, calibration=1, progress=False)
+    return [r]
+
+
+def _saved_sae(tmp):
+    sae = cv.fit_sae(None, samples(), "toy", expansion=1, k=2, steps=2, batch_size=40, progress=False)
+    from circuitsviz.sae import save_sae
+
+    return save_sae(sae, tmp / "sae")
+
+
+def _study_settings():
+    return cv.StudySettings(n_images=4, vis_size=16, vis_steps=2, k=2, batch_size=4, sae_expansion=1, sae_k=1,
+                            sae_steps=2, sae_per_image=4, n_split=1, split_top=2, feature_vis=1)
+
+
+# name -> (function, valid positional/keyword arguments given a scratch folder). Every
+# parameter of the signature not named here keeps its default and is fuzzed all the same.
+def table(tmp) -> dict[str, tuple[Callable, dict]]:
+    return {
+        "load_model": (cv.load_model, dict(name="demo", pretrained=False, progress=False)),
+        "wrap_model": (cv.wrap_model, dict(net=_Net(), input_size=16)),
+        "list_layers": (cv.list_layers, dict(model=demo(), input_size=None)),
+        "parse_channels": (cv.parse_channels, dict(spec="1,3-5", total=8)),
+        "visualize": (cv.visualize, dict(model=demo(), units="mixed3a:0", size=16, steps=2, progress=False)),
+        "channel": (cv.channel, dict(layer="mixed3a", c=0)),
+        "neuron": (cv.neuron, dict(layer="mixed3a", c=0)),
+        "direction": (cv.direction, dict(layer="mixed3a", vector=torch.ones(4))),
+        "diversity": (cv.diversity, dict(layer="mixed3a")),
+        "mine": (cv.mine, dict(model=demo(), data=tiny_data(), layers="mixed3a", k=1, batch_size=2, calibration=1,
+                               progress=False)),
+        "merge": (cv.merge, dict(results=_mining_results())),
+        "receptive_field": (cv.receptive_field, dict(model=demo(), layer="mixed3a")),
+        "fit_sae": (cv.fit_sae, dict(model=None, data=samples(), layer="toy", expansion=1, k=2, steps=2,
+                                     batch_size=40, progress=False)),
+        "load_sae": (cv.load_sae, dict(path=_saved_sae(tmp))),
+        "split_channel": (cv.split_channel, dict(sae=cv.load_sae(_saved_sae(tmp)), channel=0, data=samples())),
+        "open_run": (cv.open_run, dict(path=tmp / "run", create=True)),
+        "study": (_function("study"),
+                  dict(model=demo(), data=tiny_data(), out=tmp / "study", layers=["mixed3a"], channels=[0],
+                       vis_channels=[0], settings=_study_settings(), pretrained=False, progress=False)),
+        "ConceptDataset": (cv.ConceptDataset, dict(n=4, size=16)),
+        "ImageFolderDataset": (cv.ImageFolderDataset, dict(root=tmp / "images", size=16)),
+        "retain_freed_memory": (cv.retain_freed_memory, dict()),
+    }
+
+
+# Parameters that are not values a user types (callbacks, objects they build in code).
+SKIP_PARAMS = {"callback", "transform", "net", "model", "sae", "settings", "sampler", "param", "transforms"}
+
+
+def _is_numeric(param: inspect.Parameter) -> bool:
+    ann = str(param.annotation)
+    return ("int" in ann or "float" in ann) and not any(t in ann for t in ("str", "Callable", "bool", "slice", "list"))
+
+
+class _Hang(Exception):
+    pass
+
+
+def _function(name: str):
+    if name == "study":  # cv.study is shadowed by the circuitsviz.study module once it is imported
+        from circuitsviz.study import study
+
+        return study
+    return getattr(cv, name)
+
+
+PUBLIC_FUNCTIONS = [n for n in cv.__all__ if (inspect.isfunction(getattr(cv, n)) or n == "study")]
+DATASET_CLASSES = ["ConceptDataset", "ImageFolderDataset"]
+
+
+def _cases():
+    for name in PUBLIC_FUNCTIONS + DATASET_CLASSES:
+        params = inspect.signature(_function(name)).parameters
+        for p in params.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in SKIP_PARAMS:
+                continue
+            for bad in BAD:
+                yield pytest.param(name, p.name, bad, id=f"{name}-{p.name}-{bad!r}"[:80])
+
+
+def test_the_table_covers_every_public_function(calls):
+    assert sorted(calls) == sorted(PUBLIC_FUNCTIONS + DATASET_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def calls(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("api")
+    (tmp / "images").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp / "images" / "a.png")
+    return table(tmp)
+
+
+@pytest.mark.parametrize("fname, pname, bad", list(_cases()))
+def test_bad_value_gives_a_circuitsviz_error_or_a_result_and_never_hangs(fname, pname, bad, calls, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative path-shaped values land in the scratch folder
+    fn, base = calls[fname]
+    param = inspect.signature(fn).parameters[pname]
+    kwargs = {**base, pname: bad}
+    pos = [kwargs.pop(p.name) for p in inspect.signature(fn).parameters.values()
+           if p.kind == p.POSITIONAL_ONLY and p.name in kwargs]
+
+    def on_alarm(*_):
+        raise _Hang
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, CASE_SECONDS)
+    try:
+        fn(*pos, **kwargs)
+    except _Hang:
+        pytest.fail(f"{fname}({pname}={bad!r}) ran for more than {CASE_SECONDS} s")
+    except CircuitsvizError as e:
+        assert str(e).strip(), "an error without a message"
+        return
+    except Exception as e:  # noqa: BLE001 - the point of the test
+        pytest.fail(f"{fname}({pname}={bad!r}) raised {type(e).__name__}: {e}")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    if _is_numeric(param) and any(bad is v or (isinstance(v, float) and isinstance(bad, float) and
+                                              (bad == v or math.isnan(bad) and math.isnan(v))) for v in MUST_RAISE):
+        pytest.fail(f"{fname}({pname}={bad!r}) was accepted; a {param.annotation} parameter must refuse it")

@@ -1,0 +1,188 @@
+"""Runs keyed by their settings: re-running ``study`` with the same, other, or added settings.
+
+Every case of issue 14: the same settings reuse each step; a setting with its own name (another
+SAE, another layer) computes beside the old results; any other changed setting stops before
+any work, naming the setting and ``--overwrite``; ``overwrite=True`` replaces the old results
+and everything made from them, so a run never holds results its recorded settings did not make.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import pytest
+
+from circuitsviz.errors import BadInputError
+from circuitsviz.store import SettingsChangedError, StoreVersionError, open_run
+from circuitsviz.study import StudySettings, study
+
+# Tiny on purpose: these tests check bookkeeping, not science.
+TINY = StudySettings(n_images=120, vis_size=32, vis_steps=2, k=4, batch_size=40, sae_steps=20, sae_images=120,
+                     sae_per_image=8, n_split=1, split_top=3, feature_vis=1)
+VIS = [0, 1]
+
+
+def run_study(out, layers=("mixed3b",), overwrite=False, **changes):
+    return study("demo", "procedural", out=out, layers=list(layers), vis_channels=VIS, progress=False,
+                 settings=dataclasses.replace(TINY, **changes), overwrite=overwrite)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "base"
+    run_study(out)
+    return out
+
+
+@pytest.fixture
+def copy(base, tmp_path):
+    """A private copy of the finished base run, for a test that changes it."""
+    out = tmp_path / "run"
+    shutil.copytree(base, out)
+    return out
+
+
+def step_times(out) -> list:
+    return [(r.step, r.key, r.at, r.complete) for r in open_run(out).steps()]
+
+
+def assert_consistent(out) -> None:
+    """Every stored result was made with the settings its step records, on the recorded data."""
+    run = open_run(out)
+    for rec in run.steps("vis"):
+        prefix, kind = rec.key.rsplit("|", 1)
+        layer, _, sae = prefix.partition("/")
+        for u in run.units(layer=layer, sae=sae or None):
+            for v in run.visualizations(u.id, kind=kind):
+                assert (v.settings["steps"], v.settings["size"]) == (rec.settings["steps"], rec.settings["size"]), u.id
+    mined = {r.key: r.settings for r in run.steps("mine")}
+    for u in run.units():
+        examples = run.examples(u.id)
+        if examples:
+            key = u.layer + (f"/{u.sae}" if u.sae else "")
+            assert len(examples) <= mined[key]["k"], u.id
+            source = run.source()
+            assert all(0 <= source.index_of(e.image_id) < len(source) for e in examples)
+    for s in run.saes():
+        assert run.step("sae", f"{s.layer}/{s.name}").complete
+        assert {f.sae for f in run.features(s.name)} <= {s.name}
+    for sp in run.splits():
+        assert run.sae(sp.sae, sp.layer) is not None
+
+
+def test_the_same_settings_reuse_every_step(copy, capsys):
+    before = step_times(copy)
+    report = run_study(copy)
+    log = capsys.readouterr().out
+    assert step_times(copy) == before  # no step was redone or even re-marked
+    for what in ("visualizations of mixed3b", "dataset examples of mixed3b", "SAE mixed3b/topk8x_k1",
+                 f"split of {report.splits[0].channel}", "dataset examples of mixed3b/topk8x_k1"):
+        assert f"{what}: done already" in log
+    assert report.sae == "topk8x_k1" and report.splits
+    assert_consistent(copy)
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(vis_steps=3), "steps=2 (now 3)"),
+    (dict(sae_steps=25), "steps=20 (now 25)"),
+    (dict(k=5), "k=4 (now 5)"),
+    (dict(data_seed=2), "seed=1 (now 2)"),
+])
+def test_a_changed_setting_stops_before_any_work_naming_it(copy, change, named):
+    before, source = step_times(copy), open_run(copy).info().data_source
+    with pytest.raises(SettingsChangedError, match="--overwrite") as err:
+        run_study(copy, **change)
+    assert named in str(err.value) and "\n" not in str(err.value)
+    assert step_times(copy) == before and open_run(copy).info().data_source == source
+
+
+def test_another_sae_k_fits_a_second_sae_beside_the_first(copy):
+    report = run_study(copy, sae_k=2)
+    run = open_run(copy)
+    assert sorted(s.name for s in run.saes("mixed3b")) == ["topk8x_k1", "topk8x_k2"]
+    assert report.sae == "topk8x_k2" and report.splits and report.features is not None
+    for name in ("topk8x_k1", "topk8x_k2"):
+        feats = run.units(layer="mixed3b", kind="feature", sae=name)
+        assert len(feats) == 64 and all(run.examples(f.id) or run.stats(f.id).max == 0 for f in feats)
+    run_study(copy, sae_k=2)  # and it is reusable in turn (the old split step crashed here)
+    assert_consistent(copy)
+
+
+def test_another_layer_is_added_to_the_run(copy):
+    report = run_study(copy, layers=["mixed3a"])
+    run = open_run(copy)
+    assert report.layer == "mixed3a" and run.saes("mixed3a") and run.saes("mixed3b")
+    for layer in ("mixed3a", "mixed3b"):
+        assert run.visualizations(f"{layer}:0") and run.examples(f"{layer}:0")
+    assert_consistent(copy)
+
+
+def test_overwrite_replaces_old_results_and_everything_made_from_them(copy):
+    report = run_study(copy, overwrite=True, vis_steps=3, k=3, data_seed=2, sae_steps=25)
+    run = open_run(copy)
+    assert run.info().data_source["seed"] == 2
+    assert {v.settings["steps"] for u in run.units() for v in run.visualizations(u.id)} == {3}
+    assert max(len(run.examples(u.id)) for u in run.units()) == 3
+    assert [s.config["extra"]["fit"]["steps"] for s in run.saes()] == [25]
+    assert report.seconds > 0 and report.splits
+    assert_consistent(copy)
+
+
+def test_report_seconds_survive_a_rerun_that_reuses_everything(copy):
+    import json
+
+    first = json.loads((copy / "report.json").read_text())["seconds"]
+    run_study(copy)
+    assert json.loads((copy / "report.json").read_text())["seconds"] == first
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(k=0), "--k must be an integer >= 1"),
+    (dict(sae_k=0), "--sae-k must be an integer >= 1"),
+    (dict(sae_k=10_000), "valid: 1..64"),
+    (dict(sae_expansion=64, sae_images=20, sae_per_image=1), "needs more samples than features"),
+])
+def test_bad_settings_are_refused_before_any_work(tmp_path, change, match):
+    with pytest.raises(BadInputError, match=match):
+        run_study(tmp_path / "run", **change)
+    assert not (tmp_path / "run").exists()
+
+
+def test_split_cli_finds_the_studys_sae_through_the_run_index(copy, capsys):
+    from circuitsviz.cli import main
+
+    rc = main(["split", "--run", str(copy), "--channel", "mixed3b:1", "--top", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "mixed3b/topk8x_k1:" in out
+    split = open_run(copy).split("mixed3b:1", sae="topk8x_k1")
+    assert len(split.features) == 2 and split.features[0].unit_id in out
+
+
+def test_a_schema_1_run_is_upgraded_in_place(tmp_path):
+    """Runs written before SAEs were named within their layer, and steps recorded their settings."""
+    import sqlite3
+
+    from circuitsviz.store.schema import SCHEMA, SCHEMA_VERSION
+
+    v1 = (SCHEMA.replace("metrics TEXT NOT NULL DEFAULT '{}', path TEXT, PRIMARY KEY (layer, name));",
+                         "metrics TEXT NOT NULL DEFAULT '{}', path TEXT, PRIMARY KEY (name));")
+          .replace("settings TEXT, complete INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (step, key));",
+                   "PRIMARY KEY (step, key));"))
+    assert v1 != SCHEMA
+    (tmp_path / "old").mkdir()
+    conn = sqlite3.connect(tmp_path / "old" / "index.sqlite")
+    conn.executescript(v1 + "PRAGMA user_version = 1;")
+    conn.execute("INSERT INTO saes VALUES ('sae', 'mixed3b', '{}', '{}', NULL)")
+    conn.execute("INSERT INTO done VALUES ('vis', 'mixed3b:0', 1.0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreVersionError, match="older store schema 1"):  # a reader changes nothing
+        open_run(tmp_path / "old")
+    run = open_run(tmp_path / "old", writable=True)
+    assert run._rows("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 2
+    assert [(s.layer, s.name) for s in run.saes()] == [("mixed3b", "sae")]
+    rec = run.step("vis", "mixed3b:0")
+    assert rec.complete and rec.settings is None  # unknown: a re-run with any settings is refused
+    with pytest.raises(SettingsChangedError, match="not recorded"):
+        run.check_step("vis", "mixed3b:0", {"steps": 2})
