@@ -86,6 +86,12 @@ def _empty_run(tmp):
     return cv.open_run(tmp / "empty-run")
 
 
+def _fv_targets():
+    from circuitsviz.evaluate import Target
+
+    return [Target("mixed3a:0", cv.channel("mixed3a", 0), 0)]
+
+
 def _study_settings():
     return cv.StudySettings(n_images=4, vis_size=16, vis_steps=2, k=2, batch_size=4, sae_expansion=1, sae_k=1,
                             sae_steps=2, sae_per_image=4, n_split=1, split_top=2, feature_vis=1)
@@ -133,6 +139,11 @@ def table(tmp) -> dict[str, tuple[Callable, dict]]:
         "ConceptDataset": (cv.ConceptDataset, dict(n=4, size=16)),
         "ImageFolderDataset": (cv.ImageFolderDataset, dict(root=tmp / "images", size=16)),
         "retain_freed_memory": (cv.retain_freed_memory, dict()),
+        "evaluate_split": (cv.evaluate_split, dict(model=cv.wrap_model(_Net(), input_size=16), layer="conv", n_images=13,
+                                                   eval_images=13, expansion=1, ks=[1], seeds=[0], per_image=4, top=2,
+                                                   sae_steps=2, baselines=[])),
+        "fv_recovery": (cv.fv_recovery, dict(model=demo(), targets=_fv_targets(), steps=2, size=16, progress=False)),
+        "sae_feature": (cv.sae_feature, dict(sae=cv.load_sae(_saved_sae(tmp)), feature=0)),
     }
 
 
