@@ -13,7 +13,7 @@ examples:
   circuitsviz circuit --model inceptionv1 --unit mixed4c:447 --source mixed4b --top 10
   circuitsviz circuit --model inceptionv1 --unit mixed4c:447 --target mixed4d
   circuitsviz circuit --model demo --unit mixed3b:4 --source mixed3a --data procedural --faithfulness
-  circuitsviz circuit --model demo --unit mixed3b/topk8x_k1:35 --source mixed3a --sae runs/demo/work/sae/topk8x_k1
+  circuitsviz circuit --model demo --unit mixed3b/topk8x_k1:35 --source mixed3a --run runs/demo
 
 Weights are direct where one conv connects the layers and expanded otherwise: the Jacobian of
 the path with ReLUs as identity and max pools as average pools (Voss et al., Visualizing Weights).
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=10, help="connections listed per sign (default: %(default)s)")
     p.add_argument("--sae", action="append", default=[], metavar="DIR",
                    help="a saved SAE (directory) that feature ids name; repeat for several")
+    p.add_argument("--run", help="a run whose index knows the SAEs that feature ids name (instead of --sae)")
     p.add_argument("--input-size", type=int, help="image size the weights are computed at (default: chosen)")
     d = p.add_argument_group("attribution (needs --data and --source)")
     d.add_argument("--data", help="image folder or 'procedural'")
@@ -55,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError("--data attributes to a --source layer; give --source")
     model = model_from_args(args)
     saes = [load_sae(path, model=model, device=model.device) for path in args.sae]
+    if args.run:  # feature ids (unit, LAYER/SAE source or target) find their SAE through the run's index
+        from ..units import Unit, resolve_sae
+
+        named = {args.unit.partition(":")[0]} | {x for x in (args.source, args.target) if x}
+        for layer, _, name in sorted(n.partition("/") for n in named if "/" in n):
+            saes.append(resolve_sae(Unit(layer, 0, sae=name), run=args.run, model=model))
     result = circuit(model, args.unit, source=args.source, target=args.target, top=args.top, sae=saes,
                      input_size=args.input_size)
     print(result.table())
