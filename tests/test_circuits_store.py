@@ -79,3 +79,23 @@ def test_a_schema_2_run_is_upgraded_keeping_its_rows(tmp_path):
     with open_run(path) as run:
         assert run._rows("PRAGMA user_version")[0][0] == schema.SCHEMA_VERSION == 3
         assert run.circuit("mixed3b:4", source="mixed3a").to_rows() == _circuit().to_rows()
+
+
+def test_cli_writes_the_circuit_and_its_faithfulness_to_a_run(tmp_path, capsys):
+    from circuitsviz.circuits import circuit
+    from circuitsviz.cli import main
+    from circuitsviz.models import load_model
+
+    out = tmp_path / "r"
+    assert main(["circuit", "--model", "demo", "--device", "cpu", "--unit", "mixed3b:4", "--source", "mixed3a",
+                 "--top", "3", "--data", "procedural", "--images", "16", "--faithfulness", "--n", "2",
+                 "--run", str(out)]) == 0
+    assert f"to {out}" in capsys.readouterr().out
+    expect = circuit(load_model("demo"), "mixed3b:4", source="mixed3a", top=3)
+    with open_run(out) as run:
+        got = run.circuit("mixed3b:4", source="mixed3a").to_rows()
+        assert [(r["other"], r["sign"]) for r in got] == [(r["other"], r["sign"]) for r in expect.to_rows()]
+        assert [r["total"] for r in got] == pytest.approx([r["total"] for r in expect.to_rows()], rel=1e-5)
+        assert run.info().model == "demo"
+        [f] = run.faithfulness("mixed3b:4")
+        assert f.n == 2 and len(f.top_sources) == 2 and f.data["kind"] == "procedural" and f.data["limit"] == 16
