@@ -186,6 +186,10 @@ class CircuitStore:
         return [tuple(r) for r in self._rows("SELECT DISTINCT direction, layer FROM circuits WHERE unit_id = ? "
                                              "ORDER BY direction, layer", (Unit.parse(unit_id).id,))]
 
+    def circuit_units(self) -> list[str]:
+        """Every unit the run holds a circuit of, in the order they were stored."""
+        return [r[0] for r in self._rows("SELECT unit_id FROM circuits GROUP BY unit_id ORDER BY min(rowid)")]
+
     def read_by(self, unit_id: str, limit: int = 10) -> list[tuple[str, float]]:
         """Units whose stored inputs name ``unit_id``: ``(reader, total)``, strongest positive first."""
         return [tuple(r) for r in self._rows(
