@@ -42,15 +42,13 @@ def source_layer(model, layer: str) -> str | None:
 
 def heldout_images(model, dataset, n: int):
     """``n`` images the study's SAE did not see (see the module doc), as one tensor."""
-    import torch
-
     from ..data import as_dataset
+    from .readout import load_images
 
     spec = dataset.spec() if hasattr(dataset, "spec") else {}
     if spec.get("kind") == "procedural":
         dataset = as_dataset("procedural", model, n=n, seed=HELDOUT_SEED)
-    idx = range(min(n, len(dataset)))
-    return dataset, torch.stack([dataset[i][0] for i in idx])
+    return dataset, load_images(dataset, model, limit=n)
 
 
 def circuits_step(ctx, settings: CircuitSettings = CIRCUITS) -> None:

@@ -36,10 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=10, help="connections listed per sign (default: %(default)s)")
     p.add_argument("--sae", action="append", default=[], metavar="DIR",
                    help="a saved SAE (directory) that feature ids name; repeat for several")
-    p.add_argument("--run", help="a run whose index knows the SAEs that feature ids name (instead of --sae); "
-                   "the circuit (and --faithfulness) are also written to it")
-    p.add_argument("--overwrite", action="store_true", help="replace a circuit the run holds with other settings")
+    p.add_argument("--run", help="a run whose index knows the SAEs that feature ids name (instead of --sae)")
     p.add_argument("--input-size", type=int, help="image size the weights are computed at (default: chosen)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--run: replace a circuit the run holds with other settings (the circuit and --faithfulness "
+                   "are written to --run)")
     d = p.add_argument_group("attribution (needs --data and --source)")
     d.add_argument("--data", help="image folder or 'procedural'")
     d.add_argument("--images", type=int, default=200, help="images to use (default: %(default)s)")
