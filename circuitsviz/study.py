@@ -101,6 +101,7 @@ class StudyReport:
     splits: list[SplitSummary] = field(default_factory=list)
     dead_channels: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    evidence: dict | None = None          # held-out table, sparsity sweep, FV recovery (circuitsviz.evaluate)
 
     def summary(self) -> str:
         lines = [f"study of {self.layer} -> {self.out} ({self.seconds:.0f} s)"]
@@ -121,6 +122,10 @@ class StudyReport:
             for feat in s.features:
                 lines.append(f"    {feat['unit_id']:<24} share {feat['share']:6.1%}  concepts {feat['concept_count']}"
                              f"  purity {feat['purity']:.2f}")
+        if self.evidence is not None:
+            from .evaluate import Evidence
+
+            lines.append(Evidence.from_dict(self.evidence).summary())
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -257,6 +262,7 @@ def study(
     device: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    evaluate: bool = False,
 ) -> StudyReport:
     """Visualize, mine, fit an SAE, split polysemantic channels and measure it, into ``out``.
 
@@ -264,6 +270,9 @@ def study(
     polysemantic). ``vis_channels``: restrict channel visualizations to these (default: every
     channel of every layer; on InceptionV1's mixed4e that is 832 renders, a GPU job).
     ``overwrite``: replace results the run holds for other settings (else they are refused).
+    ``evaluate``: also run the held-out evaluation (:func:`circuitsviz.evaluate.evidence`: SAE seeds
+    and sparsity sweep against k-means and random baselines on other images, FV concept recovery);
+    ``circuitsviz demo`` turns it on. It is saved in ``out/evidence.json`` and in ``report.json``.
     """
     from .store import open_run
 
@@ -295,6 +304,14 @@ def study(
         step(ctx)
 
     report = measure(run, sae_layer, ctx.sae_name, ctx.split_channels)
+    if evaluate and getattr(dataset, "classes", None):
+        from .evaluate import evidence
+
+        ks = sorted({1, 2, 4, settings.sae_k})
+        report.evidence = evidence(model, data, out=out, expansion=settings.sae_expansion, ks=ks,
+                                   n_images=settings.n_images, data_seed=settings.data_seed,
+                                   per_image=settings.sae_per_image, top=settings.k, progress=progress,
+                                   log=_log).to_dict()
     report.out = str(out)
     report.seconds = _seconds(out / "report.json", time.time() - t0, ctx.computed)
     from .store.blobs import atomic_write

@@ -73,12 +73,15 @@ def sae_name(kind: str = "topk", expansion: int = 8, k: int | None = 32) -> str:
     >>> sae_name("topk", 8, 32), sae_name("relu", 4)
     ('topk8x_k32', 'relu4x')
     """
+    check_int("expansion", expansion, 1), check_int("k", k, 1, optional=True)
     return f"topk{expansion}x_k{k}" if kind == "topk" else f"{kind}{expansion}x"
 
 
 def resolve_sae(unit: Unit | str, *, sae=None, run=None, model=None):
     """The SAE a feature id such as ``mixed3b/topk8x_k1:17`` names: ``sae`` itself (checked against
     the id), or the one the run ``run`` (a :class:`Run` or its path) recorded under that name."""
+    if not isinstance(unit, (str, Unit)):
+        raise BadInputError(f"a feature is a unit id such as 'mixed3b/topk8x_k1:17', got {unit!r:.60}")
     unit = Unit.parse(unit) if isinstance(unit, str) else unit
     if unit.sae is None:
         raise BadInputError(f"{unit.id} is not an SAE feature (those read 'layer/sae:index')")

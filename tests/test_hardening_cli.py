@@ -49,6 +49,7 @@ BASE = {
               "--out", "{tmp}/study", "--n-images", "4", "--vis-size", "16", "--vis-steps", "2", "--k", "2",
               "--batch-size", "4", "--sae-expansion", "1", "--sae-k", "1", "--sae-steps", "2", "--sae-per-image", "64",
               "--n-split", "1", "--split-top", "2", "--feature-vis", "1"],
+    "circuit": ["circuit", *DEMO, "--unit", "mixed3b:0", "--source", "mixed3a", "--top", "2"],
     "demo": ["demo", "--out", "{tmp}/demo", "--no-serve"],
     "verify": ["verify", "{run}"],
 }

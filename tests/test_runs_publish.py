@@ -116,6 +116,16 @@ def test_two_concurrent_fit_sae_into_one_run_neither_crash_nor_corrupt(tmp_path,
     assert run.visualizations("mixed3b/topk2x_k2:3") and run.visualizations("mixed3b:2")
     assert (tmp_path / "png" / "mixed3b~topk2x_k2_3.png").is_file()
 
+    # ... and for `circuit`, which finds the SAE through the run's index instead of a --sae path.
+    from circuitsviz.circuits import circuit
+
+    capsys.readouterr()
+    assert main(["circuit", *DEMO, "--unit", "mixed3b/topk2x_k2:3", "--source", "mixed3a", "--run", str(out),
+                 "--top", "3"]) == 0
+    demo = cv.load_model("demo")
+    expected = circuit(demo, "mixed3b/topk2x_k2:3", source="mixed3a", top=3, sae=[cv.load_sae(record.path)])
+    assert expected.table() in capsys.readouterr().out
+
 
 def test_fit_sae_warns_when_k_is_a_large_share_of_the_features(recwarn):
     x = torch.randn(600, 4)
@@ -146,3 +156,4 @@ def test_an_interrupted_run_visualize_keeps_finished_chunks_and_resumes(demo, tm
     assert run.visualize(demo, "mixed3b:*", chunk=3, size=32, steps=2, progress=False) == 0
     with pytest.raises(SettingsChangedError, match=r"steps=2 \(now 3\)"):
         run.visualize(demo, "mixed3b:0", size=32, steps=3, progress=False)
+

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int, check_list
 from .attribution import _mean_code, attribute
 from .features import as_unit
 from .readout import Readout, SourceSide, batches, load_images
@@ -55,6 +55,8 @@ def ablate(model, unit, sources: Sequence[str], *, data, mode: str = "zero", sae
     ``mode="zero"`` sets them to zero; ``"mean"`` to their mean over ``data`` (or ``means``, one
     value per unit of the source layer). Ablating features keeps the SAE's reconstruction error.
     """
+    check_list("sources", sources, str)
+    check_int("batch_size", batch_size, 1, 1 << 16), check_int("limit", limit, 1, optional=True)
     if mode not in MODES:
         raise BadInputError(f"unknown ablation mode {mode!r}; valid: {', '.join(MODES)}")
     if not sources:
@@ -135,6 +137,9 @@ def faithfulness(model, unit, *, source: str, data, n: int = 5, draws: int = 50,
     ``examples``: use only the unit's ``examples`` most activating images of ``data`` (its dataset
     examples), so that a sparse unit (an SAE feature) is measured where it fires.
     """
+    check_int("n", n, 1), check_int("draws", draws, 1), check_int("seed", seed, 0)
+    check_int("batch_size", batch_size, 1, 1 << 16), check_int("limit", limit, 1, optional=True)
+    check_int("examples", examples, 1, optional=True)
     side = SourceSide.of(model, source, sae)
     size = side.size(model)
     if not isinstance(n, int) or not 1 <= n < size:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int
 from .readout import Readout, SourceSide, batches, load_images
 
 METHODS = ("act_x_grad", "integrated_gradients")
@@ -65,6 +65,8 @@ def attribute(model, unit, *, source: str, data, method: str = "act_x_grad", sae
               limit: int | None = None) -> Attribution:
     """Each unit of ``source`` (a layer, or ``"layer/sae_name"`` for an SAE's features)'s
     contribution to ``unit`` on the images of ``data`` (a tensor or a dataset; ``limit`` caps it)."""
+    check_int("steps", steps, 1, 10_000)
+    check_int("batch_size", batch_size, 1, 1 << 16), check_int("limit", limit, 1, optional=True)
     if method not in METHODS:
         raise BadInputError(f"unknown attribution method {method!r}; valid: {', '.join(METHODS)}")
     if baseline not in BASELINES:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int
 from ..units import Unit
 from .features import as_unit, check_feature, find_sae, layer_spec, read_vectors, write_vectors
 from .weights import ExpandedWeights, _support, expanded_weights
@@ -76,6 +76,7 @@ def circuit(model, unit: str | Unit, *, source: str | None = None, target: str |
     (:func:`expanded_weights`: ReLUs as identity, max pools as average pools) otherwise.
     ``sae``: the SAE(s) that feature ids name (one, a list, or a dict).
     """
+    check_int("top", top, 1), check_int("input_size", input_size, 1, 4096, optional=True)
     u = as_unit(unit)
     if (source is None) == (target is None):
         raise BadInputError("give exactly one of source= (the unit's inputs) or target= (its outputs)")

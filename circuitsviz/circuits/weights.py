@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int, check_list
 from .linear import MAX_POOLS, linearised
 
 # Modules that carry a path's weights or mix positions; what a connection's path lists.
@@ -103,6 +103,8 @@ def expanded_weights(
     source map; a window that still does is marked ``truncated``. Where source and target have
     the same resolution the batched pass runs on a source map the size of the window.
     """
+    check_list("channels", channels, int, optional=True)
+    check_int("input_size", input_size, 1, 4096, optional=True)
     if target == source:
         raise BadInputError(f"source and target are the same layer {target!r}; pick an earlier source")
     n_target = model.channels(target)

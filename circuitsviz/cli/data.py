@@ -49,8 +49,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_preview(args: argparse.Namespace) -> int:
-    from ..data.procedural import preview_sheet
+    from ..data.procedural import save_preview_sheet
 
-    preview_sheet(per_concept=args.per_concept, seed=args.seed, size=args.size).save(args.out)
+    save_preview_sheet(args.out, per_concept=args.per_concept, seed=args.seed, size=args.size)
     print(f"wrote {args.out}")
     return 0

@@ -159,8 +159,7 @@ def run_split(args: argparse.Namespace) -> int:
                                 "or an id such as mixed4e:55 without it") from None
     if args.top < 1:
         raise BadInputError(f"--top must be >= 1, got {args.top}")
-    # An existing run only (no index: open_run names the problem), opened for writing the split.
-    run = open_run(args.run, create=(Path(args.run) / "index.sqlite").is_file())
+    run = open_run(args.run, writable=True)  # an existing run only, opened to record the split
     record = _find_sae(run, layer, args.sae)
     model = model_from_args(args) if args.data else None
     sae = load_sae(record.path, model=model, layer=layer)

@@ -119,7 +119,7 @@ def print_browse(out: str, page: str) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    report = study("demo", "procedural", out=args.out, device=resolve_device(args.device))
+    report = study("demo", "procedural", out=args.out, device=resolve_device(args.device), evaluate=True)
     print(report.summary())
     page = print_evidence(args.out)
     if not args.serve:

@@ -101,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
 def _copy_pngs(run, units: list[Unit], folder: Path) -> None:
     import shutil
 
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInputError(f"cannot create the --png folder {str(folder)!r}: {e.strerror or e}") from None
     n = 0
     for u in units:
         for v in run.visualizations(u.id):

@@ -323,6 +323,24 @@ def export(out_dir: str | Path, n: int = 2000, seed: int = 0, size: int = 64) ->
     return out
 
 
+def save_preview_sheet(out: str | Path, per_concept: int = 8, seed: int = 0, size: int = 64) -> Path:
+    """Write :func:`preview_sheet` to ``out``, an image file whose extension names its format.
+
+    >>> save_preview_sheet("concepts.png")   # doctest: +SKIP
+    PosixPath('concepts.png')
+    """
+    out = Path(out).expanduser() if isinstance(out, (str, Path)) and str(out) else None
+    formats = Image.registered_extensions()
+    if out is None or out.suffix.lower() not in formats:
+        raise BadInputError(f"the sheet's file name must end in an image extension such as .png or .jpg, got {str(out)!r}")
+    sheet = preview_sheet(per_concept=per_concept, seed=seed, size=size)
+    try:
+        sheet.save(out)
+    except OSError as e:
+        raise BadInputError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
+    return out
+
+
 def preview_sheet(per_concept: int = 8, seed: int = 0, size: int = 64) -> Image.Image:
     """A contact sheet: one row per concept (in ``CONCEPTS`` order), ``per_concept`` examples each.
 

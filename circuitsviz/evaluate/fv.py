@@ -56,8 +56,10 @@ class Recovery:
                 f"{self.recovery:.0%} (chance ~1/13){fires}")
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "settings": self.settings, "recovery": self.recovery, "fires": self.fires,
-                "rows": self.rows}
+        from .protocol import _json_safe
+
+        return _json_safe({"kind": self.kind, "settings": self.settings, "recovery": self.recovery,
+                           "fires": self.fires, "rows": self.rows})
 
 
 def feature_targets(ev: Evaluation, *, k: int | None = None, seed: int | None = None, mode: str = "encoder",
@@ -122,8 +124,21 @@ def fv_recovery(model, targets: Sequence[Target], *, judge=None, kind: str = "un
     ``fire_layer``: the layer whose activations the targets' ``fires`` read (the evaluation's layer).
     """
     from ..demo.judge import judge_labels, load_judge
+    from ..errors import check_int
+    from ..models import VisionModel
     from ..optvis import visualize
 
+    if not isinstance(targets, (list, tuple)) or not all(isinstance(t, Target) for t in targets):
+        raise BadInputError(f"targets must be a list of Target (see feature_targets), got {targets!r:.80}")
+    if judge is not None and not isinstance(judge, VisionModel):
+        raise BadInputError(f"judge must be a model (load_judge()), got {judge!r:.80}")
+    check_int("size", size, 8, 4096, optional=True)
+    check_int("steps", steps, 1, 10**6)
+    check_int("seed", seed, 0, 2**63 - 1)
+    if fire_layer is not None:
+        if not isinstance(fire_layer, str):
+            raise BadInputError(f"fire_layer must be a layer name, got {fire_layer!r:.80}")
+        model.layer(fire_layer)
     if not targets:
         return Recovery(kind, {}, [])
     judge = judge or load_judge(device=model.device)

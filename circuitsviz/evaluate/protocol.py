@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from ..data import as_dataset, iterate_batches
-from ..errors import BadInputError
+from ..errors import BadInputError, check_float, check_int, check_list
 from ..mining.stats import polysemanticity
 from ..mining.topk import new_top_k, update_top_k
 from ..sae.metrics import MetricsAccumulator
@@ -362,6 +363,38 @@ def score_on(model, dataset, indices: Sequence[int], layer: str, dictionaries: d
 
 
 # ----------------------------------------------------------------------------- entry point
+def _check_arguments(a: dict) -> None:
+    """Every argument of :func:`evaluate_split` a user types, checked before any work."""
+    check_list("ks", a["ks"], int)
+    check_list("seeds", a["seeds"], int)
+    check_list("baselines", a["baselines"], str)
+    if not a["ks"] or any(k < 1 for k in a["ks"]):
+        raise BadInputError(f"ks must be a non-empty list of integers >= 1, got {a['ks']!r}")
+    if not a["seeds"] or any(not 0 <= s < 2**63 for s in a["seeds"]):
+        raise BadInputError(f"seeds must be a non-empty list of integers >= 0, got {a['seeds']!r}")
+    check_float("eval_fraction", a["eval_fraction"], 0, 1, lo_open=True)
+    check_int("expansion", a["expansion"], 1, 1024)
+    for name in ("n_images", "eval_images"):
+        check_int(name, a[name], 1, 10**8)
+    for name in ("data_seed", "eval_seed"):
+        check_int(name, a[name], 0, 2**63 - 1)
+    check_int("per_image", a["per_image"], 1, 10**6)
+    check_int("top", a["top"], 1, 10**6)
+    check_int("min_fires", a["min_fires"], 1, 10**9, optional=True)
+    check_int("sae_steps", a["sae_steps"], 1, 10**9, optional=True)
+    check_int("batch_size", a["batch_size"], 1, 1 << 16)
+    if a["layer"] is not None and not isinstance(a["layer"], str):
+        raise BadInputError(f"layer must be a layer name, got {a['layer']!r:.80}")
+    if a["log"] is not None and not callable(a["log"]):
+        raise BadInputError(f"log must be a function of one message, got {a['log']!r:.80}")
+    for name in ("data", "eval_data"):
+        d = a[name]
+        if d is None and name == "eval_data":
+            continue
+        if not isinstance(d, (str, os.PathLike)) and not all(hasattr(d, m) for m in ("__getitem__", "__len__", "image_id")):
+            raise BadInputError(f"{name} must be a folder, 'procedural' or a dataset with image_id(i), got {d!r:.80}")
+
+
 def evaluate_split(
     model="demo",
     data="procedural",
@@ -399,13 +432,10 @@ def evaluate_split(
     from ..models import VisionModel, load_model
 
     t0 = time.time()
+    _check_arguments(locals())
     bad = set(baselines) - {"kmeans", "random"}
     if bad:
         raise BadInputError(f"unknown baseline {sorted(bad)[0]!r}; valid: kmeans, random")
-    if not ks or any(int(k) < 1 for k in ks):
-        raise BadInputError(f"ks must be positive integers, got {list(ks)}")
-    if not seeds:
-        raise BadInputError("give at least one seed")
     if not isinstance(model, VisionModel):
         model = load_model(model, device=device, progress=progress)
     layer = layer or getattr(model, "default_layer", None) or model.layer_names[-1]

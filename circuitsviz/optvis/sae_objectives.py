@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int
 from .objectives import Acts, LinearObjective, Objective, _at, _with_batch, direction
 
 MODES = ("encoder", "decoder")
@@ -53,14 +53,15 @@ def sae_feature(sae, feature: int, *, mode: str = "encoder", at: str | tuple[int
     detects instead of a texture of it. ``layer`` defaults to the layer the SAE was fit on. A
     ReLU SAE has no TopK: its objective is the feature's pre-activation.
     """
-    if mode not in MODES:
+    check_int("feature", feature, 0)
+    if not isinstance(mode, str) or mode not in MODES:
         raise BadInputError(f"unknown SAE feature objective mode {mode!r}; valid: {', '.join(MODES)}")
     feature = int(feature)
     if not 0 <= feature < sae.n_latents:
         raise BadInputError(f"feature {feature} is out of range; this SAE has {sae.n_latents} (valid: 0..{sae.n_latents - 1})")
-    layer = layer or sae.layer
-    if layer is None:
-        raise BadInputError("this SAE does not record its layer; pass layer=...")
+    layer = layer if layer is not None else sae.layer
+    if not isinstance(layer, str) or not layer:
+        raise BadInputError(f"layer must be a layer name (this SAE records {sae.layer!r}), got {layer!r:.80}")
     if at is not None and at != "center" and not (isinstance(at, tuple) and len(at) == 2):
         raise BadInputError(f"at must be None, 'center' or a (y, x) position, got {at!r}")
     pos = None if at is None else (None, None) if at == "center" else (int(at[0]), int(at[1]))

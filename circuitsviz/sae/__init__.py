@@ -1,6 +1,6 @@
 """Sparse autoencoders on conv activations, and splitting polysemantic channels into features.
 
->>> sae = fit_sae(model, "path/to/images", "mixed4e", expansion=8, k=32, out="runs/cat/saes/topk32x8")  # doctest: +SKIP
+>>> sae = fit_sae(model, "path/to/images", "mixed4e", expansion=8, k=32, out="runs/cat/saes/mixed4e/topk8x_k32")  # doctest: +SKIP
 >>> split = split_channel(sae, channel=55, data="path/to/images", model=model)                       # doctest: +SKIP
 >>> print(split.table())                                                                             # doctest: +SKIP
 

@@ -1,7 +1,7 @@
 """Saving and loading SAEs: ``sae.safetensors`` (weights and scale) plus ``sae.json`` (config, metrics).
 
->>> save_sae(sae, "runs/x/saes/topk32x8")                                # doctest: +SKIP
->>> sae = load_sae("runs/x/saes/topk32x8", model=model, layer="mixed4e")  # doctest: +SKIP
+>>> save_sae(sae, "runs/x/saes/mixed4e/topk8x_k32")                                # doctest: +SKIP
+>>> sae = load_sae("runs/x/saes/mixed4e/topk8x_k32", model=model, layer="mixed4e")  # doctest: +SKIP
 
 Loading with a ``model`` or ``layer`` checks that the SAE was fit there, because an SAE applied
 to another layer's activations gives confident nonsense rather than an error.

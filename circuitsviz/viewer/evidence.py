@@ -12,6 +12,7 @@ mixed3b:7 -> star, rings, wheel
 
 from __future__ import annotations
 
+from ..errors import BadInputError, check_int
 from ..store import Run, Split, Stats
 
 CONCEPT_RATIO = 0.5  # a concept counts when its mean activation reaches half the best concept's
@@ -72,6 +73,7 @@ def clearest_split(run: Run) -> Split | None:
     its own concepts covered by a feature of concept count 1 (a monosemantic feature for that
     concept); ties go to the channel with the larger concept count, then to the larger total
     share of the split's features, then to the first channel."""
+    _check_run(run)
     best, best_key = None, None
     for sp in run.splits():
         covered = len(monosemantic_concepts(run, sp))
@@ -87,6 +89,7 @@ def split_summary(run: Run, features: int = 4) -> str:
         mixed3b:7 -> star, rings, wheel
           mixed3b/topk8x_k1:17  share 31.0%  star (1 concept)
     """
+    _check_run(run), check_int("features", features, 1)
     lines = []
     for sp in run.splits():
         lines.append(f"{sp.channel_id} -> {', '.join(concepts(run.stats(sp.channel_id))) or '(no labels)'}")
@@ -96,3 +99,8 @@ def split_summary(run: Run, features: int = 4) -> str:
             lines.append(f"  {f.unit_id:<24} share {f.share or 0.0:6.1%}  {', '.join(concepts(st)) or '-'}"
                          + (f" ({cc} concept{'s' if cc != 1 else ''})" if cc is not None else ""))
     return "\n".join(lines)
+
+
+def _check_run(run) -> None:
+    if not isinstance(run, Run):
+        raise BadInputError(f"run must be an open Run (circuitsviz.open_run(path)), got {run!r:.60}")

@@ -115,7 +115,7 @@ def render() -> None:
         s = view.stats.get(u.id)
         concept = evidence.dominant_concept(s)
         split = u.index in view.split_channels if u.kind == "channel" else u.id in view.split_of
-        name = u.id if u.kind == "channel" else f"#{u.index}" + (f" {concept}" if concept else "")
+        name = (u.id if u.kind == "channel" else f"#{u.index}") + (f" {concept}" if concept else "")
         extra = f" {fmt(metric(s))}" if metric and s and metric(s) is not None else ""
         cap = f"{'✦ ' if split else ''}{name}{extra}"
         title = f"{u.id}" + (f" · {view.layer.branch_of(u.index)} branch" if u.kind == "channel" else "") + \
