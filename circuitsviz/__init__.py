@@ -31,6 +31,7 @@ _EXPORTS = {
     # feature visualization
     "visualize": "circuitsviz.optvis", "channel": "circuitsviz.optvis", "neuron": "circuitsviz.optvis",
     "direction": "circuitsviz.optvis", "diversity": "circuitsviz.optvis", "VisResult": "circuitsviz.optvis",
+    "class_logit": "circuitsviz.optvis", "save_grid": "circuitsviz.optvis",
     # dataset examples
     "mine": "circuitsviz.mining", "merge": "circuitsviz.mining", "MiningResult": "circuitsviz.mining",
     "receptive_field": "circuitsviz.mining",
@@ -63,7 +64,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names load
     from .evaluate import Evaluation, evaluate_split, fv_recovery
     from .mining import MiningResult, merge, mine, receptive_field
     from .models import IMAGENET_MEAN, IMAGENET_STD, LayerInfo, VisionModel, list_layers, load_model, wrap_model
-    from .optvis import VisResult, channel, direction, diversity, neuron, sae_feature, visualize
+    from .optvis import VisResult, channel, class_logit, direction, diversity, neuron, sae_feature, save_grid, visualize
     from .runtime import retain_freed_memory
     from .sae import ReluSAE, SplitResult, TopKSAE, fit_sae, load_sae, split_channel
     from .store import Run, SettingsChangedError, open_run

@@ -1,5 +1,7 @@
 """The model zoo: fidelity to lucent/Lucid, layer access, truncation, hooks and errors."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -60,7 +62,7 @@ PARITY_LAYERS = [
 ]
 
 
-@pytest.mark.parametrize("size", [224, 151])  # odd sizes exercise the pools' edge handling
+@pytest.mark.parametrize("size", [224])  # lucent's hard-coded pads are TF SAME only at even sizes
 def test_every_layer_matches_lucent_given_the_same_lrn(inception, lucent_net, size):
     inception.net.load_state_dict(lucent_net.state_dict())
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -74,6 +76,80 @@ def test_every_layer_matches_lucent_given_the_same_lrn(inception, lucent_net, si
         # while a wrong constant or op moves values by 1e-2 or more (see the LRN test below).
         atol = 1e-5 * max(1.0, t.abs().max().item())
         torch.testing.assert_close(ours[name], t, rtol=1e-5, atol=atol, msg=f"layer {name} differs")
+
+
+def _tf_same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
+    """Pad as TensorFlow's SAME does, from its definition: out = ceil(n / s), total pad =
+    max((out - 1) * s + k - n, 0), floor of half before, the rest after."""
+    pads = []
+    for n in (x.shape[-1], x.shape[-2]):  # F.pad lists the last axis first
+        out = math.ceil(n / stride)
+        total = max((out - 1) * stride + kernel - n, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads, value=value)
+
+
+def _tf_same_inceptionv1(net, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Lucid's graph op by op with explicit SAME pads (convs pad 0, max pools -inf) and torch's
+    own LRN: an independent reference for every input size."""
+    from circuitsviz.models.inceptionv1 import MIXED
+
+    def conv(name, t, stride=1):
+        m = getattr(net, f"{name}_pre_relu_conv")
+        return F.relu(F.conv2d(_tf_same_pad(t, m.kernel_size[0], stride), m.weight, m.bias, stride))
+
+    def pool(t, stride):
+        return F.max_pool2d(_tf_same_pad(t, 3, stride, float("-inf")), 3, stride)
+
+    acts = {}
+    t = acts["conv2d0"] = conv("conv2d0", x * 255 - 117, stride=2)
+    t = F.local_response_norm(pool(t, 2), **LRN)
+    t = acts["conv2d2"] = conv("conv2d2", conv("conv2d1", t))
+    t = pool(F.local_response_norm(t, **LRN), 2)
+    for name in MIXED:
+        if name in ("mixed4a", "mixed5a"):
+            t = pool(t, 2)
+        branches = [conv(f"{name}_1x1", t), conv(f"{name}_3x3", conv(f"{name}_3x3_bottleneck", t)),
+                    conv(f"{name}_5x5", conv(f"{name}_5x5_bottleneck", t)), conv(f"{name}_pool_reduce", pool(t, 1))]
+        t = acts[name] = torch.cat(branches, dim=1)
+    return acts
+
+
+@pytest.mark.parametrize("size", [129, 140, 224, 236])
+def test_every_layer_matches_a_tf_same_reference_at_odd_and_even_sizes(inception, size):
+    # 140 px is what a 128 px render feeds; 236 what a 224 px one feeds; 129 is odd at the stem.
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
+    layers = ["conv2d0", "conv2d2", "mixed3a", "mixed3b", "mixed4a", "mixed4e", "mixed5a", "mixed5b"]
+    ours = inception.activations(x, layers)
+    with torch.no_grad():
+        ref = _tf_same_inceptionv1(inception.net, x)
+    for name in layers:
+        assert ours[name].shape == ref[name].shape, name
+        atol = 1e-5 * max(1.0, ref[name].abs().max().item())
+        torch.testing.assert_close(ours[name], ref[name], rtol=1e-5, atol=atol, msg=f"layer {name} differs")
+
+
+def test_lucids_spatial_sizes_at_140_px_where_lucent_is_a_pixel_short(inception, lucent_net):
+    shapes = inception.layer_shapes(["mixed3a", "mixed3b", "mixed4a", "mixed4e", "mixed5a", "mixed5b"], 140)
+    assert {n: s[1:] for n, s in shapes.items()} == {
+        "mixed3a": (18, 18), "mixed3b": (18, 18), "mixed4a": (9, 9), "mixed4e": (9, 9),
+        "mixed5a": (5, 5), "mixed5b": (5, 5)}
+    # lucent pads conv2d0 (2, 3) and pools with the window over the far edge only: 17x17 here
+    theirs = _lucent_activations(lucent_net, torch.rand(1, 3, 140, 140), ["mixed3a"], LRN)["mixed3a"]
+    assert tuple(theirs.shape[-2:]) == (17, 17)
+
+
+@pytest.mark.parametrize("h, w", [(35, 35), (36, 36), (35, 36), (7, 4), (1, 2)])
+def test_same_max_pool_equals_an_explicit_minus_inf_pad_forward_and_backward(h, w):
+    from circuitsviz.models.blocks import SameMaxPool2d
+
+    x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+    ours = SameMaxPool2d(3, 2)(x)
+    ref = F.max_pool2d(_tf_same_pad(x, 3, 2, float("-inf")), 3, 2)
+    assert ours.shape == ref.shape == (2, 3, math.ceil(h / 2), math.ceil(w / 2))
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(ref, x, g)[0])
 
 
 def test_lrn_differs_from_lucents_by_design(inception, lucent_net):
@@ -229,16 +305,19 @@ def test_forward_to_mixed3b_runs_nothing_deeper(inception):
     assert ran == ["mixed3b"]
 
 
-def test_no_hook_outlives_a_call_even_on_error(inception):
+def test_no_hook_outlives_a_call_even_on_error(inception, monkeypatch):
     def hook_count():
         return sum(len(m._forward_hooks) for m in inception.modules())
+
+    def broken(_x):
+        raise RuntimeError("mid-forward failure")
 
     before = hook_count()
     inception.activations(torch.rand(1, 3, 224, 224), ["mixed3a", "mixed4a"])
     assert hook_count() == before
-    with pytest.raises(RuntimeError):
-        # 3x3 input makes the stem's pools fail mid-forward
-        inception.activations(torch.rand(1, 3, 3, 3), ["mixed5b"])
+    monkeypatch.setattr(inception.net.mixed4a_1x1_pre_relu_conv, "forward", broken)
+    with pytest.raises(RuntimeError, match="mid-forward"):  # after mixed3a's hook has fired
+        inception.activations(torch.rand(1, 3, 64, 64), ["mixed3a", "mixed5b"])
     assert hook_count() == before
 
 

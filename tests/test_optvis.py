@@ -209,7 +209,7 @@ def test_one_hot_direction_equals_channel_objective(randnet):
     assert torch.allclose(direction("5", one_hot)(acts), channel("5", 6)(acts))
     assert torch.allclose(direction("5", one_hot)(acts), acts["5"][:, 6].mean(dim=(1, 2)))
     # rendered under the same name (hence the same seeds), the two give the same image
-    [d] = _render(randnet, direction("5", one_hot, name="channel(5:6)"), steps=16)
+    [d] = _render(randnet, direction("5", one_hot, name="5:6"), steps=16)
     [c] = _render(randnet, channel("5", 6), steps=16)
     assert np.abs(d.image.astype(int) - c.image.astype(int)).max() <= 1
     assert d.objective == pytest.approx(c.objective, rel=1e-3)
@@ -306,3 +306,262 @@ def test_bad_input_raises_a_clear_error(planted, units, kw, error):
 def test_nan_in_direction_is_rejected():
     with pytest.raises(BadInputError, match="NaN"):
         direction("conv", [1.0, float("nan"), 0.0])
+
+
+# --------------------------------------------------------------------------- Lucid fidelity
+def _lucid_diversity(acts_nchw: torch.Tensor) -> torch.Tensor:
+    """Lucid's diversity, written out as its objectives.py defines it (NHWC, to subtract)."""
+    a = acts_nchw.permute(0, 2, 3, 1)                               # NHWC, as TensorFlow holds it
+    b, c = a.shape[0], a.shape[-1]
+    flat = a.reshape(b, -1, c)
+    grams = flat.transpose(1, 2) @ flat                             # C x C per image
+    grams = grams / grams.flatten(1).norm(dim=1).clamp_min(1e-10)[:, None, None]
+    return sum(sum((grams[i] * grams[j]).sum() for j in range(b) if j != i) for i in range(b)) / b
+
+
+def test_diversity_weight_means_lucids_weight_with_a_batch_of_4():
+    from circuitsviz.optvis.render import _group
+
+    g = torch.Generator().manual_seed(0)
+    acts = {"a": torch.randn(4, 6, 3, 5, generator=g, dtype=torch.float64).requires_grad_()}
+    w = 100.0
+    # Lucid: channel(...) - w * diversity(...), where channel averages over the batch too.
+    lucid = acts["a"][:, 2].mean() - w * _lucid_diversity(acts["a"])
+    group = _group("a:2", channel("a", 2), False, w, 4)
+    ours = stack([(group.objective, 4)])(acts).mean()
+    torch.testing.assert_close(ours, lucid)
+    # ... and lucent's own objectives agree (its loss is minus Lucid's objective)
+    from lucent.optvis import objectives as lobj
+
+    lucent_loss = (lobj.channel("a", 2) - w * lobj.diversity("a"))(lambda name: acts[name].float())
+    assert float(ours.detach()) == pytest.approx(-float(lucent_loss.detach()), rel=1e-5)
+    # the gradients, which are what the optimiser sees, agree too
+    (g_ours,) = torch.autograd.grad(ours, acts["a"])
+    (g_lucid,) = torch.autograd.grad(lucid, acts["a"])
+    torch.testing.assert_close(g_ours, g_lucid)
+
+
+def test_neuron_x_is_the_column_as_in_lucent_and_lucids_x_is_the_row():
+    from lucent.optvis import objectives as lobj
+
+    g = torch.Generator().manual_seed(0)
+    acts = {"b": torch.randn(2, 3, 5, 7, generator=g)}
+    ours = neuron("b", 1, x=6, y=2)(acts)
+    assert torch.equal(ours, acts["b"][:, 1, 2, 6])                 # row y=2, column x=6
+    lucent_loss = lobj.neuron("b", 1, x=6, y=2)(lambda name: acts[name])
+    assert float(ours.mean()) == pytest.approx(-float(lucent_loss))
+    lucid_nhwc = acts["b"].permute(0, 2, 3, 1)
+    lucid_neuron = lambda x, y: lucid_nhwc[:, x, y, 1]  # noqa: E731 - Lucid indexes [:, x, y, c]
+    assert torch.equal(ours, lucid_neuron(x=2, y=6))               # Lucid's x is the row
+
+
+def test_redirected_relu_covers_lucids_first_17_steps(randnet, monkeypatch):
+    # Lucid's override returns the plain gradient once global_step > 16; the step counter starts
+    # at 0 and each optimiser step increments it, so steps 0..16 are redirected.
+    import contextlib
+
+    seen = []
+
+    @contextlib.contextmanager
+    def recording(enabled=True):
+        seen.append(enabled)
+        yield
+
+    monkeypatch.setattr(randnet, "redirected_relu", recording)
+    _render(randnet, "5:0", steps=20)
+    assert seen == [True] * 17 + [False] * 3
+
+
+def test_random_scale_magnifies_like_lucids_resize_on_a_fixed_grid():
+    # Lucid resizes the image by s (so a ramp's slope per pixel becomes slope / s) and the next
+    # crop is then 4 px smaller than the resized image; here the window stays window(size) px and
+    # zooms by 1/s, which magnifies the content exactly as the resize does.
+    t = StandardTransforms()
+    size = 40
+    ramp = (torch.arange(size, dtype=torch.float32) / (2 * size))[None, None, None, :].expand(1, 3, size, size)
+    for scale in (0.9, 1.1):
+        draws = torch.tensor([[4, 4, t.scales.index(scale), t.angles.index(0), 12]])
+        out = t(ramp + 0.25, draws, t.window(size))
+        assert out.shape[-1] == t.window(size)                      # Lucid's would be int(s * 56) - 4
+        mid = out[0, 0, t.window(size) // 2, 20:32]
+        slope = float((mid[1:] - mid[:-1]).mean())
+        assert slope == pytest.approx(1 / (2 * size) / scale, rel=1e-3)
+
+
+def test_rotation_corners_read_the_pad_value_where_lucid_fills_black():
+    # Pinned difference: Lucid's rotate (nearest neighbour) fills the corners it uncovers with 0
+    # (black); here everything outside the image reads as the pad value 0.5, and sampling is bilinear.
+    t = StandardTransforms()
+    img = torch.zeros(1, 3, 32, 32)
+    draws = torch.tensor([[4, 4, t.scales.index(1.0), t.angles.index(10), 12]])
+    out = t(img, draws, t.window(32))
+    assert torch.allclose(out[0, :, 0, 0], torch.full((3,), 0.5))   # Lucid: 0.0
+    assert float(out[0, :, 10:34, 10:34].abs().max()) < 1e-6       # the image itself is untouched
+
+
+# --------------------------------------------------------------------------- lucent param_f, batches
+def _gram_similarity(model, layer: str, results) -> float:
+    """Mean pairwise cosine of the images' Gram matrices at ``layer``."""
+    imgs = torch.stack([_float(r) for r in results])
+    sim = -diversity(layer)(model.activations(imgs, layer))         # image i: sum_{j != i} cos
+    return float(sim.mean()) / (len(results) - 1)
+
+
+def test_lucents_readme_example_renders_one_image_per_batch_element_with_diversity(inception):
+    from lucent.optvis import objectives as lobj
+    from lucent.optvis import param as lparam
+
+    def run(weight: float):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # lucent's param draws from the global RNG
+            obj = lobj.channel("mixed4a", 476) - weight * lobj.diversity("mixed4a")
+            return _render(inception, obj, param=lambda: lparam.image(32, batch=4), size=None, steps=8)
+
+    diverse, plain = run(1e2), run(0.0)
+    assert len(diverse) == 4 and [r.index for r in diverse] == [0, 1, 2, 3]
+    assert all(r.image.shape == (32, 32, 3) for r in diverse)
+    # the term acts across the four images: they end up less alike than without it
+    # (observed 0.83 against 0.98)
+    assert _gram_similarity(inception, "mixed4a", diverse) < _gram_similarity(inception, "mixed4a", plain) - 0.05
+
+
+def test_lucent_param_with_a_batch_takes_circuitsviz_diversity_across_it(planted):
+    from lucent.optvis import param as lparam
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        results = _render(planted, "head:0", param=lambda: lparam.image(32, batch=3), diversity=10.0, steps=16)
+    assert [r.kind for r in results] == ["diversity"] * 3 and [r.index for r in results] == [0, 1, 2]
+    assert [r.settings["images_per_unit"] for r in results] == [3] * 3
+    with pytest.raises(BadInputError, match="size=40"):
+        _render(planted, "head:0", param=lambda: lparam.image(32), size=40)
+
+
+# --------------------------------------------------------------------------- layers without space
+class PlantedHead(nn.Module):
+    """redness (mean of RED . rgb over the image) -> logits [r, -r, 0.5 r]: an (N, C) layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        self.head = nn.Linear(1, 3, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(RED[None, :, None, None])
+            self.head.weight.copy_(torch.tensor([[1.0], [-1.0], [0.5]]))
+
+    def forward(self, x):
+        return self.head(self.flat(self.pool(self.conv(x))))
+
+
+def test_objectives_on_a_layer_without_space_read_the_planted_logits():
+    from circuitsviz.optvis import class_logit
+
+    model = wrap_model(PlantedHead(), name="head", input_size=32)
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    r = torch.einsum("bchw,c->b", x, RED) / 256                    # the planted redness
+    acts = model.activations(x, "head")
+    assert acts["head"].shape == (3, 3)
+    torch.testing.assert_close(class_logit("head", 0)(acts), r)
+    torch.testing.assert_close(channel("head", 1)(acts), -r)
+    torch.testing.assert_close(neuron("head", 2)(acts), 0.5 * r)
+    torch.testing.assert_close(direction("head", [1.0, 1.0, 2.0])(acts), r)
+    torch.testing.assert_close(stack([(class_logit("head", 0), 1), (direction("head", [0, 0, 4.0]), 1),
+                                      (channel("head", 1), 1)])(acts), torch.stack([r[0], 2 * r[1], -r[2]]))
+    assert class_logit("head", "minus", labels=["plus", "minus", "half"]).channels == {"head": {1}}
+    with pytest.raises(BadInputError, match="without spatial"):
+        neuron("head", 0, x=1, y=1)(acts)
+    with pytest.raises(BadInputError, match="labels"):
+        class_logit("head", "minus")
+    with pytest.raises(BadInputError, match="plus, minus"):
+        class_logit("head", "car", labels=["plus", "minus"])
+
+
+def test_class_logit_renders_its_colour_and_the_negated_class_the_opposite():
+    from circuitsviz.optvis import class_logit
+
+    model = wrap_model(PlantedHead(), name="head", input_size=32)
+    results = _render(model, [class_logit("head", 0), class_logit("head", 1)], steps=64, lr=0.1)
+    cos = [float(torch.nn.functional.cosine_similarity(_float(r).mean(dim=(1, 2)) - 0.5, RED, dim=0))
+           for r in results]
+    assert cos[0] > 0.75 and cos[1] < -0.75
+    assert [r.unit for r in results] == ["head:0", "head:1"]
+
+
+# --------------------------------------------------------------------------- usability (#14)
+def test_a_unit_id_and_its_channel_objective_draw_the_same_image(inception):
+    [by_id] = _render(inception, "mixed4e:55", size=24, steps=2)
+    [by_objective] = _render(inception, channel("mixed4e", 55), size=24, steps=2)
+    assert by_id.unit == by_objective.unit == "mixed4e:55"
+    assert np.array_equal(by_id.image, by_objective.image)
+    [neuron_id] = _render(inception, "mixed4e:55@1,0", size=24, steps=2)
+    [neuron_obj] = _render(inception, neuron("mixed4e", 55, x=0, y=1), size=24, steps=2)
+    assert neuron_obj.unit == "mixed4e:55@1,0" and np.array_equal(neuron_id.image, neuron_obj.image)
+
+
+def test_default_size_is_the_models_natural_input_size():
+    net = _random_net()
+    for natural in (24, 40):
+        [r] = visualize(wrap_model(net, input_size=natural), "5:0", steps=1, progress=False)
+        assert r.image.shape == (natural, natural, 3) and r.settings["size"] == natural
+
+
+def test_vis_result_repr_names_the_unit_not_the_pixels(randnet):
+    [r] = _render(randnet, "5:1", steps=1)
+    text = repr(r)
+    assert "5:1" in text and "32x32" in text and "array" not in text and len(text) < 120
+
+
+def test_progress_bar_counts_units_and_steps_for_the_whole_job(randnet, capsys):
+    visualize(randnet, ["5:0", "5:1", "5:2"], size=32, steps=3, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    final = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "unit 3 of 3, step 3/3" in final and "100%" in final and "<" in final  # "<" precedes the ETA
+    from circuitsviz.optvis.render import _Progress               # the first batch, as it is drawn
+
+    bar = _Progress(units=3, steps=3, images=3)
+    bar.start_batch(2, 2)
+    bar.step(1)
+    assert bar.bar.desc == "visualize units 1-2 of 3, step 1/3" and bar.bar.n == 2
+    bar.close()
+
+
+def test_save_grid_tiles_every_image_unscaled_with_its_id_underneath(randnet, tmp_path):
+    from PIL import Image
+
+    from circuitsviz.optvis import save_grid
+    from circuitsviz.optvis.grid import CAPTION_HEIGHT, tile_origin
+
+    results = _render(randnet, ["5:0", "5:1", "5:2"], steps=2) + _render(randnet, "5:3", images_per_unit=2, steps=2)
+    path = save_grid(results, tmp_path / "sheet.png", columns=2)
+    sheet = np.asarray(Image.open(path).convert("RGB"))
+    cell_w = (sheet.shape[1] - 4) // 2 - 4
+    cell_h = 32 + CAPTION_HEIGHT
+    assert sheet.shape[0] == 4 + 3 * (cell_h + 4)                   # 5 results, 2 columns: 3 rows
+    captions = []
+    for i, r in enumerate(results):
+        left, top = tile_origin(i, 2, cell_w, cell_h)
+        assert np.array_equal(sheet[top:top + 32, left:left + 32], r.image), i
+        strip = sheet[top + 32:top + cell_h, left:left + cell_w]
+        assert (strip < 128).any(), f"no caption under tile {i}"    # dark text on white
+        captions.append(strip)
+    assert not np.array_equal(captions[0], captions[1])            # each tile has its own id
+    assert not np.array_equal(captions[3], captions[4])            # 5:3 #0 and 5:3 #1
+    with pytest.raises(BadInputError):
+        save_grid([], tmp_path / "empty.png")
+
+
+def test_class_logit_by_name_on_the_demo_models_logits_reports_that_logit():
+    from circuitsviz.models import load_model
+    from circuitsviz.optvis import class_logit
+
+    demo = load_model("demo")
+    logits = "softmax2_pre_activation_matmul"
+    [r] = visualize(demo, class_logit(logits, "rings", labels=demo.labels), steps=4, progress=False)
+    assert r.unit == f"{logits}:{demo.labels.index('rings')}" and r.image.shape == (64, 64, 3)
+    with torch.no_grad():
+        direct = demo.net(demo.preprocess(_float(r)[None]))  # the demo net returns its logits
+    assert direct.shape == (1, len(demo.labels))
+    # the score is taken on the float image, the check on its uint8 rounding
+    assert r.objective == pytest.approx(float(direct[0, demo.labels.index("rings")]), rel=0.02, abs=0.02)

@@ -183,6 +183,57 @@ class StemConv2d(nn.Conv2d):
         return F.conv2d(folded, w, self.bias)
 
 
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's ``SAME`` padding of one axis: ``(before, after)`` for an input of ``size``.
+
+    The output has ``ceil(size / stride)`` positions; the total pad is what that needs, split
+    with the odd pixel after. Stride-2 ops therefore pad differently at odd and even sizes.
+
+    >>> same_padding(140, 7, 2), same_padding(35, 3, 2), same_padding(36, 3, 2)
+    ((2, 3), (1, 1), (0, 1))
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class SamePad2d(nn.ConstantPad2d):
+    """Pads its input as TF ``SAME`` would for a ``kernel``/``stride`` op, at whatever size arrives.
+
+    ``padding`` holds the pads for sizes divisible by the stride (InceptionV1's 224 px path), which
+    is what a static receptive-field trace reads; ``forward`` recomputes them per input.
+    """
+
+    def __init__(self, kernel: int, stride: int, value: float = 0.0) -> None:
+        before, after = same_padding(16 * stride, kernel, stride)
+        super().__init__((before, after, before, after), value)
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = same_padding(x.shape[-2], self.kernel, self.stride)
+        left, right = same_padding(x.shape[-1], self.kernel, self.stride)
+        return F.pad(x, (left, right, top, bottom), value=self.value)
+
+
+class SameMaxPool2d(nn.MaxPool2d):
+    """Max pooling with TF ``SAME`` padding (``-inf``) for the actual input size, without a padded copy.
+
+    SAME pads ``before = total // 2`` and ``after = before`` or ``before + 1``. A symmetric
+    implicit pad of ``before`` plus ``ceil_mode`` (which lets the last window hang one pixel over
+    the far edge) gives exactly those windows, per axis. The module's static ``padding`` is the
+    one for sizes divisible by the stride, for receptive-field tracing.
+    """
+
+    def __init__(self, kernel: int, stride: int) -> None:
+        before, _ = same_padding(16 * stride, kernel, stride)
+        super().__init__(kernel, stride, padding=before, ceil_mode=True)
+        self.same_kernel, self.same_stride = kernel, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = tuple(same_padding(n, self.same_kernel, self.same_stride)[0] for n in x.shape[-2:])
+        return F.max_pool2d(x, self.same_kernel, self.same_stride, padding=pad, ceil_mode=True)
+
+
 class Concat(nn.Module):
     """Channel concatenation, as a module so a hook can name the mixed layer."""
 

@@ -1,9 +1,13 @@
 """InceptionV1 exactly as Lucid's ``inception5h`` TensorFlow graph computes it.
 
 Parameter names equal those of lucent's ``InceptionV1``, so the public ``inception5h.pth``
-state dict loads unchanged. The one intended difference from lucent is the LRN: Lucid's graph
-uses depth_radius 5, bias 2, alpha 1e-4, beta 0.5. PyTorch's LRN takes a window *size*
-(2 * radius + 1 = 11) and divides alpha by that size, hence alpha = 1e-4 * 11.
+state dict loads unchanged. Two intended differences from lucent:
+
+* the LRN: Lucid's graph uses depth_radius 5, bias 2, alpha 1e-4, beta 0.5. PyTorch's LRN takes
+  a window *size* (2 * radius + 1 = 11) and divides alpha by that size, hence alpha = 1e-4 * 11;
+* padding: ``conv2d0`` and the stride-2 pools pad as TF ``SAME`` does for the size that actually
+  arrives. Lucent hard-codes the pads of even sizes, which differ from Lucid's whenever a
+  stride-2 input is odd (at 140 px, what a 128 px render feeds, Lucid's mixed3a is 18x18).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .blocks import Concat, LocalResponseNorm, ReLU, StemConv2d, is_channels_last
+from .blocks import Concat, LocalResponseNorm, ReLU, SameMaxPool2d, SamePad2d, StemConv2d, is_channels_last
 from .wrapper import Branch, LayerInfo
 
 LUCID_LRN = dict(depth_radius=5, bias=2.0, alpha=1e-4, beta=0.5)
@@ -35,21 +39,19 @@ MIXED = {
     "mixed5a": (832, 256, 160, 320, 48, 128, 128),
     "mixed5b": (832, 384, 192, 384, 48, 128, 128),
 }
-# Stride-2 max pools that sit *before* these mixed layers (TF "SAME" padding: right/bottom only).
+# Stride-2 max pools that sit *before* these mixed layers (TF "SAME" padding for the actual size).
 POOL_BEFORE = {"mixed4a": "maxpool4", "mixed5a": "maxpool10"}
 BRANCHES = ("1x1", "3x3", "5x5", "pool_reduce")
 
 
 def _same_pool(stride: int) -> nn.MaxPool2d:
-    """3x3 max pool over the graph's padded input, without materialising the padding.
+    """3x3 max pool with TF SAME (-inf) padding for the actual input size.
 
-    Lucid's graph (and lucent) pads with -inf: one column/row on the right/bottom before a
-    stride-2 pool, one on every side before a stride-1 pool. ``ceil_mode`` lets the last stride-2
-    window hang over the edge by that one pixel, and ``padding=1`` is an implicit -inf border, so
-    the results are identical and no padded copy of the activations is made.
+    Stride 1 pads one pixel on every side at any size. Stride 2 pads (0, 1) at even sizes and
+    (1, 1) at odd ones, so 128 px renders (140 px at the net) keep Lucid's 18x18 mixed3a.
     """
     if stride == 2:
-        return nn.MaxPool2d(3, 2, ceil_mode=True)
+        return SameMaxPool2d(3, 2)
     return nn.MaxPool2d(3, 1, padding=1)
 
 
@@ -66,7 +68,7 @@ class InceptionV1(nn.Module):
         self.conv2d0_pre_relu_conv = StemConv2d(3, 64, 7, stride=2)
         self.conv2d1_pre_relu_conv = nn.Conv2d(64, 64, 1)
         self.conv2d2_pre_relu_conv = nn.Conv2d(64, 192, 3, padding=1)  # lucent pads first; same result, no copy
-        self.conv2d0_pad = nn.ZeroPad2d((2, 3, 2, 3))
+        self.conv2d0_pad = SamePad2d(7, 2)  # (2, 3) at even sizes, (3, 3) at odd ones
         for name in ("conv2d0", "conv2d1", "conv2d2"):
             setattr(self, name, ReLU())
         self.maxpool0 = _same_pool(2)

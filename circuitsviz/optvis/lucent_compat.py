@@ -32,7 +32,8 @@ def is_lucent_objective(obj) -> bool:
 
 
 def from_lucent(obj: LucentObjective, name: str | None = None) -> Objective:
-    """Wrap a lucent objective. Its loss is split evenly over the images, negated (we maximise)."""
+    """Wrap a lucent objective: every image gets minus its loss (we maximise), so the batch mean
+    is lucent's objective, as for circuitsviz's own objectives."""
     def fn(acts: Acts) -> torch.Tensor:
         def T(layer: str) -> torch.Tensor:
             if layer in ("input", "labels"):
@@ -43,7 +44,7 @@ def from_lucent(obj: LucentObjective, name: str | None = None) -> Objective:
         n = _batch_size(acts)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise BadInputError("a lucent objective must return a scalar loss tensor")
-        return (-loss.reshape(()) / n).expand(n)
+        return (-loss.reshape(())).expand(n)
 
     label = name or getattr(obj, "description", None) or getattr(obj, "name", None) or "lucent objective"
     return Objective(fn, None, str(label).replace("\n", " "))
@@ -51,6 +52,17 @@ def from_lucent(obj: LucentObjective, name: str | None = None) -> Objective:
 
 def is_lucent_param(param) -> bool:
     return callable(param) and not isinstance(param, str)
+
+
+def param_shape(param_f: Callable[[], tuple], size: int | None) -> tuple[int, int]:
+    """``(batch, side)`` of the square images ``param_f`` makes (one trial call); ``size``, if
+    given, must agree."""
+    n, _, h, w = from_lucent_param(param_f)().shape
+    if h != w:
+        raise BadInputError(f"a lucent param_f must make square images to use the standard transforms, got {h}x{w}")
+    if size is not None and size != w:
+        raise BadInputError(f"size={size} but the lucent param_f makes {w} px images; leave size unset")
+    return int(n), int(w)
 
 
 def from_lucent_param(param_f: Callable[[], tuple]) -> ImageParam:

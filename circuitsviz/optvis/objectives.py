@@ -1,8 +1,15 @@
 """Composable objectives, as in Lucid: ``channel("mixed4a", 476) + 100 * diversity("mixed4a")``.
 
-An :class:`Objective` maps activations (``{layer: B x C x H x W}``) to one value per image, a
-tensor of shape ``(B,)``, that rendering **maximises**. Values add, scale and negate per image,
-so the sum over the batch is the total objective and each image's share can be reported.
+An :class:`Objective` maps activations (``{layer: B x C x H x W}``, or ``B x C`` for layers
+without space, such as logits) to one value per image, a tensor of shape ``(B,)``, that
+rendering **maximises**. Values add, scale and negate per image, so each image's share can be
+reported.
+
+Weights mean what they mean in Lucid: the batch *mean* of every built-in objective is Lucid's
+objective of the same name (Lucid's ``channel`` and ``direction`` average over the batch, and
+its ``diversity`` is ``sum_{i != j} cos(G_i, G_j) / B``), so ``channel(...) + 100 * diversity(...)``
+here is Lucid's ``channel(...) - 100 * diversity(...)``. ``class_logit`` and ``neuron`` are
+per-image values too (Lucid sums those two over the batch).
 
 >>> obj = channel("mixed4e", 55) - 0.5 * channel("mixed4e", 56)
 >>> obj.layers
@@ -34,7 +41,7 @@ Acts = Mapping[str, torch.Tensor]
 
 class Objective:
     """A per-image quantity to maximise. Build one with :func:`channel`, :func:`neuron`,
-    :func:`direction`, :func:`diversity`, :func:`objective` or the algebra ``+ - *``.
+    :func:`direction`, :func:`class_logit`, :func:`diversity`, :func:`objective` or the algebra ``+ - *``.
 
     ``layers`` lists the layers ``fn`` reads (``None``: unknown, found by a probe call before
     rendering). ``checks`` validate the objective against a model before any work is done.
@@ -44,12 +51,16 @@ class Objective:
     """
 
     def __init__(self, fn: Callable[[Acts], torch.Tensor], layers: Iterable[str] | None, name: str,
-                 checks: Sequence[Callable] = (), channels: Mapping[str, frozenset[int]] | None = None) -> None:
+                 checks: Sequence[Callable] = (), channels: Mapping[str, frozenset[int]] | None = None,
+                 unit: str | None = None) -> None:
         self.fn = fn
         self.layers = None if layers is None else tuple(dict.fromkeys(layers))
         self.name = name
         self.checks = tuple(checks)
         self.channels = None if channels is None else dict(channels)
+        # The canonical unit id when the objective is exactly one unit's (``channel("mixed4e", 55)``
+        # is ``mixed4e:55``): rendering names and seeds its image by it, as for the id itself.
+        self.unit = unit
 
     def __call__(self, acts: Acts) -> torch.Tensor:
         return self.fn(acts)
@@ -123,17 +134,19 @@ class LinearObjective(Objective):
     """
 
     def __init__(self, layer: str, channel: int | None, vector: torch.Tensor | None,
-                 pos: tuple[int | None, int | None] | None, coef: float, name: str, checks=()) -> None:
+                 pos: tuple[int | None, int | None] | None, coef: float, name: str, checks=(),
+                 unit: str | None = None) -> None:
         self.layer, self.channel, self.vector, self.pos, self.coef = layer, channel, vector, pos, coef
         read = [channel] if channel is not None else torch.nonzero(vector).flatten().tolist()
-        super().__init__(self._value, [layer], name, checks, {layer: frozenset(read)})
+        super().__init__(self._value, [layer], name, checks, {layer: frozenset(read)},
+                         unit=unit if coef == 1 else None)
 
     def _value(self, acts: Acts) -> torch.Tensor:
-        a = _at(acts[self.layer], self.pos)
+        a = _positions(_at(acts[self.layer], self.pos))
         if self.channel is not None:
-            v = a[:, self.channel].mean(dim=(-2, -1))
+            v = a[:, self.channel].mean(dim=-1)
         else:
-            v = torch.einsum("bchw,c->b", a, self.vector.to(a.device, a.dtype)) / (a.shape[-1] * a.shape[-2])
+            v = torch.einsum("bcn,c->b", a, self.vector.to(a.device, a.dtype)) / a.shape[-1]
         return v * self.coef if self.coef != 1 else v
 
     def weights(self, channels: int) -> torch.Tensor:
@@ -165,9 +178,20 @@ def union_channels(objectives: Iterable[Objective]) -> dict[str, frozenset[int]]
     return out
 
 
+def _positions(a: torch.Tensor) -> torch.Tensor:
+    """``B x C x N``: the activations at each of the N positions (N = 1 for a ``B x C`` layer)."""
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
 def _at(a: torch.Tensor, pos: tuple[int | None, int | None] | None) -> torch.Tensor:
-    """``a`` restricted to one spatial position (``None`` entries: the centre), or all of it."""
+    """``a`` restricted to one spatial position (``None`` entries: the centre), or all of it.
+    A layer without space (``B x C``) has one position, which a neuron may only ask for implicitly."""
     if pos is None:
+        return a
+    if a.dim() == 2:
+        if pos != (None, None):
+            raise BadInputError(f"neuron position (y={pos[0]}, x={pos[1]}) asked of a layer without spatial "
+                                f"positions (shape {tuple(a.shape[1:])}); leave x and y unset")
         return a
     h, w = a.shape[-2:]
     y = h // 2 if pos[0] is None else pos[0]
@@ -193,19 +217,46 @@ def _with_batch(obj: Objective, batch: int | slice | None) -> Objective:
 
 # --------------------------------------------------------------------- builders
 def channel(layer: str, c: int, batch: int | slice | None = None) -> Objective:
-    """Mean activation of channel ``c`` of ``layer`` over all positions."""
+    """Mean activation of channel ``c`` of ``layer`` over all positions (the value itself on a
+    ``B x C`` layer)."""
     check_int("channel", c, 0)
     return _with_batch(LinearObjective(layer, c, None, None, 1.0, f"channel({layer}:{c})",
-                                       [_check_channel(layer, c)]), batch)
+                                       [_check_channel(layer, c)], unit=f"{layer}:{c}"), batch)
 
 
 def neuron(layer: str, c: int, x: int | None = None, y: int | None = None,
            batch: int | slice | None = None) -> Objective:
-    """Activation of channel ``c`` at one position, the centre (``H//2, W//2``) by default."""
+    """Activation of channel ``c`` at row ``y``, column ``x``; the centre (``H//2, W//2``) by default.
+
+    ``x`` is the column, as in lucent and in image coordinates. Lucid's ``neuron(layer, c, x, y)``
+    indexes its NHWC tensor as ``[:, x, y]``, so its ``x`` is the row: Lucid's ``neuron(l, c, x=a, y=b)``
+    is ``neuron(l, c, x=b, y=a)`` here. On a ``B x C`` layer, leave both unset.
+    """
     check_int("channel", c, 0), check_int("x", x, 0, optional=True), check_int("y", y, 0, optional=True)
     where = f"@{'c' if y is None else y},{'c' if x is None else x}"
+    unit = f"{layer}:{c}@{y},{x}" if x is not None and y is not None else None
     return _with_batch(LinearObjective(layer, c, None, (y, x), 1.0, f"neuron({layer}:{c}{where})",
-                                       [_check_channel(layer, c)]), batch)
+                                       [_check_channel(layer, c)], unit=unit), batch)
+
+
+def class_logit(layer: str, label: int | str, *, labels: Sequence[str] | None = None,
+                batch: int | slice | None = None) -> Objective:
+    """The logit of one class: Lucid's ``class_logit``, a :func:`channel` of a ``B x C`` logits layer.
+
+    ``label`` is the class index, or its name looked up in ``labels`` (e.g. ``model.labels``).
+
+    >>> class_logit("softmax2_pre_activation_matmul", 3).name
+    'class_logit(softmax2_pre_activation_matmul:3)'
+    """
+    if isinstance(label, str):
+        if labels is None:
+            raise BadInputError(f"class {label!r} given by name: pass labels= (e.g. model.labels) or its index")
+        if label not in labels:
+            raise BadInputError(f"unknown class {label!r}; valid: {', '.join(map(str, labels))}")
+        label = list(labels).index(label)
+    check_int("label", label, 0)
+    return _with_batch(LinearObjective(layer, label, None, None, 1.0, f"class_logit({layer}:{label})",
+                                       [_check_channel(layer, label)], unit=f"{layer}:{label}"), batch)
 
 
 def direction(layer: str, vector, batch: int | slice | None = None, *, name: str | None = None) -> Objective:
@@ -237,14 +288,13 @@ def direction(layer: str, vector, batch: int | slice | None = None, *, name: str
 def diversity(layer: str) -> Objective:
     """Minus the pairwise cosine similarity of the images' Gram matrices at ``layer`` (Lucid's
     diversity term with the sign flipped, so it is added). Image i gets
-    ``-sum_{j != i} cos(G_i, G_j) / B``; the batch sum equals Lucid's penalty."""
+    ``-sum_{j != i} cos(G_i, G_j)``, so the batch mean is minus Lucid's
+    ``sum_{i != j} cos(G_i, G_j) / B`` and a weight ``w`` here is Lucid's ``w``."""
     def fn(acts: Acts) -> torch.Tensor:
-        a = acts[layer]
-        b = a.shape[0]
-        flat = a.flatten(2)                                    # B x C x HW
+        flat = _positions(acts[layer])                         # B x C x HW
         grams = F.normalize((flat @ flat.transpose(1, 2)).flatten(1), dim=1)
         sim = grams @ grams.T
-        return -(sim.sum(1) - sim.diagonal()) / b
+        return -(sim.sum(1) - sim.diagonal())
 
     return Objective(fn, [layer], f"diversity({layer})")
 
@@ -293,18 +343,18 @@ def stack(groups: Sequence[tuple[Objective, int]]) -> Objective:
         ref = next(iter(acts.values()))
         total = torch.zeros(total_n, device=ref.device, dtype=ref.dtype)
         for (layer, pos), members in buckets.items():
-            a = _at(acts[layer], pos)
+            a = _positions(_at(acts[layer], pos))
             rows = torch.tensor([r for r, _ in members], device=a.device)
             coefs = torch.tensor([o.coef for _, o in members], device=a.device, dtype=a.dtype)
             if all(o.channel is not None for _, o in members):
                 chans = torch.tensor([o.channel for _, o in members], device=a.device)
-                v = a[rows, chans].mean(dim=(-2, -1)) * coefs
+                v = a[rows, chans].mean(dim=-1) * coefs
             else:
                 key = (layer, pos, a.device, a.dtype)
                 if key not in weight_cache:  # built once, not every step
                     weight_cache[key] = torch.stack([o.weights(a.shape[1]) for _, o in members]).to(a.device, a.dtype)
                 w = weight_cache[key]
-                v = torch.einsum("bchw,bc->b", a.index_select(0, rows), w) / (a.shape[-1] * a.shape[-2])
+                v = torch.einsum("bcn,bc->b", a.index_select(0, rows), w) / a.shape[-1]
             total = total.index_add(0, rows, v)
         for obj, sl in others:
             total = total + obj.on(sl)(acts)

@@ -36,7 +36,9 @@ from .objectives import Objective, channel, diversity as diversity_objective, ne
 from .param import PARAMETERIZATIONS, ImageParam
 from .transforms import StandardTransforms, output_size, resize_for_model
 
-REDIRECT_STEPS = 16  # Lucid redirects ReLU gradients for the first 16 steps only
+# Lucid redirects ReLU gradients while its global step is <= 16: steps 0..16, i.e. the first 17
+# (redirected_relu_grad.py: ``tf.greater(global_step, 16)`` switches to the plain gradient).
+REDIRECT_STEPS = 17
 DIVERSITY_IMAGES = 4  # images per unit when a diversity weight is given (Lucid's examples use 4)
 CPU_BATCH = 8
 
@@ -47,7 +49,7 @@ class VisResult:
     objective being maximised (without the diversity term) on the final, untransformed image."""
 
     unit: str
-    image: np.ndarray
+    image: np.ndarray = field(repr=False)
     objective: float
     settings: dict = field(repr=False)
     kind: str = "positive"  # positive | negative | diversity | neuron
@@ -57,6 +59,11 @@ class VisResult:
         from PIL import Image
 
         return Image.fromarray(self.image)
+
+    def __repr__(self) -> str:
+        h, w = self.image.shape[:2]
+        return (f"VisResult(unit={self.unit!r}, kind={self.kind!r}, index={self.index}, "
+                f"objective={self.objective:.4g}, image={h}x{w})")
 
 
 @dataclass
@@ -74,7 +81,7 @@ def visualize(
     model,
     units,
     *,
-    size: int = 128,
+    size: int | None = None,
     steps: int = 512,
     batch_size: int | None = None,
     seed: int = 0,
@@ -94,11 +101,18 @@ def visualize(
     (``"mixed4e:*"``), an :class:`Objective`, a lucent objective, or a list of these.
     ``negative=True`` minimises instead. ``diversity=w`` renders ``images_per_unit`` (default 4)
     images per unit and adds ``w * diversity(layer)`` within each unit's images.
+    ``size`` is the side of the rendered image, by default the model's natural input size
+    (224 px for InceptionV1, 64 px for the demo model); the standard transforms pad it by 12 px.
     ``param`` is ``"fft"``, ``"pixel"`` or a lucent ``param_f`` (then each unit is optimised on
-    its own, with as many images as ``param_f`` makes). ``transforms=None`` turns robustness off.
+    its own, with as many images as ``param_f`` makes, e.g. ``batch=4``, at the size it makes;
+    ``diversity`` then acts across those images). ``transforms=None`` turns robustness off.
     ``upsample=True`` resizes images smaller than the model's natural size up to it before the
     forward pass, as lucent does; Lucid feeds the image at its own size, which is the default.
     """
+    lucent_param = lucent_compat.is_lucent_param(param)
+    if lucent_param:  # it decides the size and the images per unit
+        images_per_unit, size = lucent_compat.param_shape(param, size)
+    size = model.input_size if size is None else size
     _check_visualize_args(size=size, steps=steps, seed=seed, diversity=diversity, images_per_unit=images_per_unit,
                           redirect_steps=redirect_steps)
     _check_positive(size=size, steps=steps, lr=lr)
@@ -107,7 +121,6 @@ def visualize(
     if diversity < 0 or not math.isfinite(diversity):
         raise BadInputError(f"diversity must be a finite weight >= 0, got {diversity!r}")
     tfm = _transforms(transforms)
-    lucent_param = lucent_compat.is_lucent_param(param)
     if not lucent_param and param not in PARAMETERIZATIONS:
         raise BadInputError(f"unknown param {param!r}; valid: {', '.join(PARAMETERIZATIONS)}, or a lucent param_f")
     per_unit = images_per_unit or (DIVERSITY_IMAGES if diversity > 0 else 1)
@@ -132,18 +145,20 @@ def visualize(
         batches = _pack(groups, bs)
         settings["batch_size"] = bs
 
-    bar = _progress(progress, steps * len(batches))
+    bar = _Progress(len(groups), steps, sum(g.n for g in groups)) if progress else None
     results: list[VisResult] = []
     try:
         with model.frozen():  # gradients flow to the image only
             for batch in batches:
-                gens = [torch.Generator().manual_seed(_image_seed(seed, g.key, i)) for g in batch for i in range(g.n)]
-                if lucent_param:
+                if lucent_param:  # its batch size is whatever param_f makes
                     image_param = lucent_compat.from_lucent_param(param)
                     batch = [_resize_group(batch[0], image_param)]
-                else:
+                gens = [torch.Generator().manual_seed(_image_seed(seed, g.key, i)) for g in batch for i in range(g.n)]
+                if not lucent_param:
                     image_param = PARAMETERIZATIONS[param](len(gens), size, gens, device=model.device)
                 plan = tfm.plan(steps, gens) if tfm is not None else None
+                if bar is not None:
+                    bar.start_batch(len(batch), len(gens))
                 images, scores = _optimise(model, batch, image_param, plan, tfm, steps=steps, lr=lr,
                                            out=out, final=final, redirect_steps=redirect_steps, bar=bar)
                 results += _results(batch, images, scores, settings, seed)
@@ -170,7 +185,7 @@ def _optimise(model, groups: list[_Group], image_param: ImageParam, plan, tfm, *
             loss.backward()
         opt.step()
         if bar is not None:
-            bar.update(1)
+            bar.step(step + 1)
     with torch.no_grad():
         img = image_param().detach()
         score = stack([(g.score, g.n) for g in groups])
@@ -229,8 +244,8 @@ def _objectives(model, units) -> Iterable[tuple[str, Objective]]:
     """(key, objective) per unit: ids and whole layers are expanded, objectives pass through."""
     items = units if isinstance(units, (list, tuple)) else [units]
     for item in items:
-        if isinstance(item, Objective):
-            yield item.name, item
+        if isinstance(item, Objective):  # a single unit's objective is named (and seeded) by its id
+            yield item.unit or item.name, item
         elif isinstance(item, Unit):
             yield item.id, _unit_objective(model, item)
         elif isinstance(item, str):
@@ -362,9 +377,28 @@ def _settings(model, **kw) -> dict:
     )
 
 
-def _progress(enabled: bool, total: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+class _Progress:
+    """One bar for the whole job: which units are being rendered, the step within their batch, and
+    the time left for everything (the bar advances by images x steps, so batches of different
+    sizes weigh what they cost)."""
 
-    return tqdm(total=total, desc="visualize", unit="step")
+    def __init__(self, units: int, steps: int, images: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.units, self.steps, self.done = units, steps, 0
+        self.batch_units = self.batch_images = 0
+        self.bar = tqdm(total=images * steps, desc="visualize",
+                        bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]")
+
+    def start_batch(self, units: int, images: int) -> None:
+        self.done += self.batch_units
+        self.batch_units, self.batch_images = units, images
+
+    def step(self, step: int) -> None:
+        first, last = self.done + 1, self.done + self.batch_units
+        which = f"unit {first}" if first == last else f"units {first}-{last}"
+        self.bar.set_description_str(f"visualize {which} of {self.units}, step {step}/{self.steps}", refresh=False)
+        self.bar.update(self.batch_images)
+
+    def close(self) -> None:
+        self.bar.close()
