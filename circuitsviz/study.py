@@ -5,6 +5,7 @@
 3. fit an SAE on the SAE layer;
 4. split the most polysemantic channels (or the ones named) into SAE features;
 5. visualize and mine those features;
+   then their circuits: weights from the layer before and the faithfulness of the top sources;
 6. where labels exist, measure polysemanticity of channels against features (the ground truth).
 
 Every step is keyed by the settings it depends on (see :mod:`circuitsviz.store.steps`): a second
@@ -439,9 +440,16 @@ def visualize_features(ctx: StudyContext) -> None:
                f"visualizations of {ctx.sae_slot}", wanted)
 
 
+def circuits(ctx: StudyContext) -> None:
+    """Circuits (weights from the layer before) and faithfulness of each split channel and its top features."""
+    from .circuits.study import circuits_step
+
+    circuits_step(ctx)
+
+
 # The pipeline, in order. A step is a function of the context; add one to extend the study.
 STEPS: list[Callable[[StudyContext], None]] = [
-    visualize_channels, mine_channels, fit, split, mine_features, visualize_features,
+    visualize_channels, mine_channels, fit, split, mine_features, visualize_features, circuits,
 ]
 
 

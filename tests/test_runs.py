@@ -163,9 +163,9 @@ def test_a_schema_1_run_is_upgraded_in_place(tmp_path):
     """Runs written before SAEs were named within their layer, and steps recorded their settings."""
     import sqlite3
 
-    from circuitsviz.store.schema import SCHEMA, SCHEMA_VERSION
+    from circuitsviz.store.schema import CIRCUIT_TABLES, SCHEMA, SCHEMA_VERSION
 
-    v1 = (SCHEMA.replace("metrics TEXT NOT NULL DEFAULT '{}', path TEXT, PRIMARY KEY (layer, name));",
+    v1 = (SCHEMA.replace(CIRCUIT_TABLES, "").replace("metrics TEXT NOT NULL DEFAULT '{}', path TEXT, PRIMARY KEY (layer, name));",
                          "metrics TEXT NOT NULL DEFAULT '{}', path TEXT, PRIMARY KEY (name));")
           .replace("settings TEXT, complete INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (step, key));",
                    "PRIMARY KEY (step, key));"))
@@ -180,9 +180,28 @@ def test_a_schema_1_run_is_upgraded_in_place(tmp_path):
     with pytest.raises(StoreVersionError, match="older store schema 1"):  # a reader changes nothing
         open_run(tmp_path / "old")
     run = open_run(tmp_path / "old", writable=True)
-    assert run._rows("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 2
+    assert run._rows("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
     assert [(s.layer, s.name) for s in run.saes()] == [("mixed3b", "sae")]
     rec = run.step("vis", "mixed3b:0")
     assert rec.complete and rec.settings is None  # unknown: a re-run with any settings is refused
     with pytest.raises(SettingsChangedError, match="not recorded"):
         run.check_step("vis", "mixed3b:0", {"steps": 2})
+
+
+def test_the_study_stores_the_circuits_of_its_split_channels_and_their_top_features(base):
+    from circuitsviz.circuits import circuit
+    from circuitsviz.models import load_model
+    from circuitsviz.sae import load_sae
+
+    run = open_run(base)
+    [sp] = run.splits("mixed3b")
+    units = [sp.channel_id] + [f.unit_id for f in sp.features[:2]]
+    assert run.circuit_units() == units
+    sae = load_sae(run.sae(sp.sae, "mixed3b").path, layer="mixed3b")
+    for u in units:  # the stored weights are those circuit() computes from the layer before
+        want = circuit(load_model("demo"), u, source="mixed3a", top=8, sae=sae).to_rows()
+        got = run.circuit(u, source="mixed3a").to_rows()
+        assert [r["other"] for r in got] == [r["other"] for r in want]
+        assert [r["total"] for r in got] == pytest.approx([r["total"] for r in want], rel=1e-6)
+        [f] = run.faithfulness(u)
+        assert (f.source, f.n, f.data["seed"]) == ("mixed3a", 5, 10000)  # held out: not the study's data seed

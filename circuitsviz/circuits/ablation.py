@@ -74,18 +74,21 @@ def ablate(model, unit, sources: Sequence[str], *, data, mode: str = "zero", sae
 
 @torch.no_grad()
 def _measure(model, readout: Readout, side: SourceSide, idx: list[int], images: torch.Tensor,
-             means: torch.Tensor | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+             means: torch.Tensor | None, batch_size: int,
+             before: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The readout on ``images`` before (unless given: it does not depend on ``idx``) and after the ablation."""
     def edit(code: torch.Tensor) -> torch.Tensor:
         out = code.clone()
         out[:, idx] = 0.0 if means is None else means[idx].to(code)[:, None, None]
         return out
 
     hook = side.edit_hook(edit)
-    before, after = [], []
+    clean, after = [], []
     for batch in batches(images, batch_size):
-        before.append(readout.run(model, batch).double().cpu())
+        if before is None:
+            clean.append(readout.run(model, batch).double().cpu())
         after.append(readout.run(model, batch, hooks={side.layer: hook}).double().cpu())
-    return torch.cat(before), torch.cat(after)
+    return (torch.cat(clean) if before is None else before), torch.cat(after)
 
 
 @dataclass
@@ -156,15 +159,15 @@ def faithfulness(model, unit, *, source: str, data, n: int = 5, draws: int = 50,
     readout = Readout.of(model, unit, sae, reduce)
     means = _mean_code(model, side, rank_on, batch_size).flatten() if mode == "mean" else None
 
-    def drops(idx: list[int]) -> torch.Tensor:
-        before, after = _measure(model, readout, side, idx, measure_on, means, batch_size)
+    def drops(idx: list[int], clean: torch.Tensor | None = None) -> torch.Tensor:
+        before, after = _measure(model, readout, side, idx, measure_on, means, batch_size, clean)
         return before - after, before
 
     top_d, before = drops([side.index_of(u, model) for u in top])
     rng = np.random.default_rng(seed)
     boot = [float(top_d[rng.integers(0, len(top_d), len(top_d))].mean()) for _ in range(1000)]
     drawn = [sorted(rng.choice(size, n, replace=False).tolist()) for _ in range(draws)]
-    random = torch.tensor([float(drops(idx)[0].mean()) for idx in drawn], dtype=torch.float64)
+    random = torch.tensor([float(drops(idx, before)[0].mean()) for idx in drawn], dtype=torch.float64)
     return Faithfulness(
         readout.unit.id, side.spec, n, mode, method, top, float(top_d.mean()),
         (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))), random,

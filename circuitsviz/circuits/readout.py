@@ -27,7 +27,11 @@ def load_images(data, model, limit: int | None = None) -> torch.Tensor:
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise BadInputError("the data holds no images")
-    return torch.stack([dataset[i][0] for i in range(n)])
+    items = [dataset[i][0] for i in range(n)]
+    images = [x for x in items if isinstance(x, torch.Tensor)]  # unreadable files come back as Skipped
+    if not images:
+        raise BadInputError(f"none of the {n} images of the data can be read")
+    return torch.stack(images)
 
 
 def batches(images: torch.Tensor, size: int):

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a saved SAE (directory) that feature ids name; repeat for several")
     p.add_argument("--run", help="a run whose index knows the SAEs that feature ids name (instead of --sae)")
     p.add_argument("--input-size", type=int, help="image size the weights are computed at (default: chosen)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--run: replace a circuit the run holds with other settings (the circuit and --faithfulness "
+                   "are written to --run)")
     d = p.add_argument_group("attribution (needs --data and --source)")
     d.add_argument("--data", help="image folder or 'procedural'")
     d.add_argument("--images", type=int, default=200, help="images to use (default: %(default)s)")
@@ -77,4 +80,19 @@ def run(args: argparse.Namespace) -> int:
                              mode=args.mode, sae=saes, limit=args.images)
             print()
             print(f.summary())
+    if args.run:
+        _publish(args, model, result, f if args.data and args.faithfulness else None)
     return 0
+
+
+def _publish(args: argparse.Namespace, model, result, f) -> None:
+    """Write the circuit (and its faithfulness) to ``--run`` through the publishing API."""
+    from ..data import as_dataset
+    from ..store import open_run
+
+    with open_run(args.run, create=True) as run:
+        n = run.add_circuit(result, model=model, input_size=args.input_size, overwrite=args.overwrite)
+        if f is not None:
+            spec = as_dataset(args.data, model).spec()
+            run.add_faithfulness(f, data={**spec, "limit": args.images})
+    print(f"wrote {n} connections{' and the faithfulness' if f is not None else ''} of {result.unit} to {args.run}")

@@ -511,7 +511,7 @@ class Publishing:
 
     def _drop_all(self) -> None:
         with self.batch():
-            for t in ("layers", "units", *_UNIT_TABLES, "saes", "splits", "done"):
+            for t in ("layers", "units", *_UNIT_TABLES, "saes", "splits", "circuits", "faithfulness", "done"):
                 self._conn.execute(f"DELETE FROM {t}")
 
 

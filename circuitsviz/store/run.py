@@ -32,6 +32,7 @@ from .records import (
     Example, Feature, LayerRecord, QuantileExample, RunInfo, SAERecord, Split, SplitFeature, Stats,
     StepRecord, UnitRecord, Visualization,
 )
+from .circuits import CircuitStore
 from .publish import Publishing
 from .schema import SCHEMA_VERSION, StoreVersionError, ensure_schema
 from .steps import changed_error, settings_diff, to_json
@@ -134,7 +135,7 @@ def _actmap_array(blob: bytes | None) -> np.ndarray | None:
     return None if blob is None else np.load(io.BytesIO(blob), allow_pickle=False).astype(np.float32)
 
 
-class Run(Publishing):
+class Run(Publishing, CircuitStore):
     """A run directory: ``index.sqlite`` (WAL) plus ``images/`` (content-addressed PNGs),
     ``saes/``, ``activations/`` and ``mining/`` (work files).
     See ``circuitsviz/store/SPEC.md``.

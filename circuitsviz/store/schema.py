@@ -11,10 +11,26 @@ import sqlite3
 
 from ..errors import CircuitsvizError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # JSON columns hold small, schema-free payloads (settings, metrics, branch tables);
 # everything the viewer filters or sorts on is a real column.
+CIRCUIT_TABLES = """
+-- circuits (schema 3): one row per connection of a stored circuit(), positive then negative by rank;
+-- key: a hash of the weights, the layer pair, the SAEs at either end and the input size.
+CREATE TABLE IF NOT EXISTS circuits (
+    unit_id TEXT NOT NULL, other TEXT NOT NULL, direction TEXT NOT NULL, layer TEXT NOT NULL,
+    sign TEXT NOT NULL, rank INTEGER NOT NULL, total REAL NOT NULL, kernel TEXT NOT NULL,
+    branch TEXT, path TEXT NOT NULL DEFAULT '[]', direct INTEGER NOT NULL DEFAULT 0, key TEXT NOT NULL,
+    PRIMARY KEY (unit_id, direction, layer, sign, rank));
+CREATE INDEX IF NOT EXISTS circuits_by_other ON circuits (other, direction);
+CREATE TABLE IF NOT EXISTS faithfulness (
+    unit_id TEXT NOT NULL, source TEXT NOT NULL, n INTEGER NOT NULL, mode TEXT NOT NULL, method TEXT NOT NULL,
+    top_sources TEXT NOT NULL, top_drop REAL NOT NULL, top_low REAL, top_high REAL, random_drop REAL,
+    random_low REAL, random_high REAL, draws INTEGER NOT NULL, baseline REAL, examples INTEGER, data TEXT,
+    PRIMARY KEY (unit_id, source));
+"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS layers (
@@ -60,7 +76,7 @@ CREATE TABLE IF NOT EXISTS splits (
 -- schema 1, which did not record them) and whether it finished (complete = 0: begun).
 CREATE TABLE IF NOT EXISTS done (step TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL,
     settings TEXT, complete INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (step, key));
-"""
+""" + CIRCUIT_TABLES
 
 # version -> SQL that upgrades version-1 to version.
 MIGRATIONS: dict[int, str] = {
@@ -75,6 +91,8 @@ ALTER TABLE saes_v2 RENAME TO saes;
 ALTER TABLE done ADD COLUMN settings TEXT;
 ALTER TABLE done ADD COLUMN complete INTEGER NOT NULL DEFAULT 1;
 """,
+    # 3: circuits and their faithfulness (circuitsviz/store/circuits.py); older rows are kept as they are.
+    3: CIRCUIT_TABLES,
 }
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-TITLES = {"layer": "Layer", "unit": "Unit", "feature": "Feature", "compare": "Compare"}
+TITLES = {"layer": "Layer", "unit": "Unit", "feature": "Feature", "compare": "Compare", "circuit": "Circuit"}
 ICONS = {"layer": ":material/grid_view:", "unit": ":material/neurology:", "feature": ":material/scatter_plot:",
-         "compare": ":material/compare:"}
+         "compare": ":material/compare:", "circuit": ":material/account_tree:"}
 # The Deploy button and the main menu's developer items have no place in a viewer of results.
 HIDE_TOOLBAR = "<style>[data-testid='stAppDeployButton'],[data-testid='stToolbarActions']{display:none}</style>"
 
@@ -63,6 +63,7 @@ def sidebar(pages: dict) -> None:
         "unit": {"unit": unit, "layer": layer} if unit else {},
         "feature": {"unit": unit, "layer": layer} if is_feature else {},
         "compare": {"unit": channel, "layer": layer} if channel else {},
+        "circuit": {"unit": unit} if unit else {},
     }
     for name, page in pages.items():
         st.sidebar.page_link(page, label=TITLES[name], icon=ICONS[name],
@@ -71,7 +72,7 @@ def sidebar(pages: dict) -> None:
 
 
 def main() -> None:
-    from circuitsviz.viewer import compare, layer, unit
+    from circuitsviz.viewer import circuit, compare, layer, unit
 
     st.set_page_config(page_title="circuitsviz", page_icon=favicon(), layout="wide")
     st.html(HIDE_TOOLBAR)
@@ -83,7 +84,8 @@ def main() -> None:
         run_page.__name__ = f"page_{name}"
         return run_page
 
-    renderers = {"layer": layer.render, "unit": unit.render, "feature": unit.render, "compare": compare.render}
+    renderers = {"layer": layer.render, "unit": unit.render, "feature": unit.render, "compare": compare.render,
+                 "circuit": circuit.render}
     asked = st.query_params.get("page")
     start = asked if asked in TITLES else "layer"
     # The default page answers "/" only (Streamlit gives it no path of its own), so it is a separate

@@ -11,6 +11,7 @@ import numpy as np
 import streamlit as st
 
 from . import evidence
+from .circuit import circuit_link
 from .common import (
     command, current_run, current_unit, esc, fmt, get_run, go, href, image_url, link, load_unit, pct, placeholder,
     revision, set_url, split_list,
@@ -135,6 +136,7 @@ def render() -> None:
     with left:
         st.subheader(f"Channel {view.unit.id}")
         link("unit", "open its unit page", run, unit=view.unit.id, layer=view.unit.layer)
+        circuit_link(st, run, view.unit.id)
         visualizations(run, view, model, missing=False)
         concept_chart(view)
         st.markdown("**Top examples**, tagged with the feature that explains most of each",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from . import evidence
+from .circuit import circuit_link
 from .common import (
     UnitView, command, current_run, current_unit, esc, fmt, get_run, href, image_url, jump_box, link, load_layer,
     pct, placeholder, revision, set_url, unit_brief,
@@ -60,6 +61,7 @@ def header(run: str, view: UnitView) -> None:
         elif view.split_from:
             sp = view.split_from[0][0]
             link("compare", f"compare with {sp.channel_id}", run, unit=sp.channel_id, layer=u.layer)
+    circuit_link(cols[2], run, u.id)
 
 
 def split_features(run: str, view: UnitView) -> None:
