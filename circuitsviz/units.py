@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import BadInputError, check_int
 
@@ -85,7 +86,13 @@ def resolve_sae(unit: Unit | str, *, sae=None, run=None, model=None):
     unit = Unit.parse(unit) if isinstance(unit, str) else unit
     if unit.sae is None:
         raise BadInputError(f"{unit.id} is not an SAE feature (those read 'layer/sae:index')")
+    if isinstance(sae, (str, Path)):  # an SAE's directory, as fit_sae(out=...) or a run writes it
+        from .sae import load_sae
+
+        sae = load_sae(sae, model=model, layer=unit.layer, device=getattr(model, "device", None))
     if sae is not None:
+        if not hasattr(sae, "decoder_direction"):
+            raise BadInputError(f"sae= must be a fitted SAE or its directory, got {sae!r:.60}")
         if (sae.layer, sae.name) != (unit.layer, unit.sae):
             raise BadInputError(f"{unit.id} names SAE {unit.layer}/{unit.sae}, but sae= is {sae.layer}/{sae.name}")
         return sae

@@ -94,6 +94,8 @@ def visualize(
     images_per_unit: int | None = None,
     redirect_steps: int = REDIRECT_STEPS,
     upsample: bool = False,
+    sae=None,
+    run=None,
 ) -> list[VisResult]:
     """Render one image per unit (``images_per_unit`` with ``diversity``) with Lucid's defaults.
 
@@ -108,6 +110,8 @@ def visualize(
     ``diversity`` then acts across those images). ``transforms=None`` turns robustness off.
     ``upsample=True`` resizes images smaller than the model's natural size up to it before the
     forward pass, as lucent does; Lucid feeds the image at its own size, which is the default.
+    SAE features are units too: ``"mixed3b/topk8x_k1:17"`` renders along the feature's decoder
+    direction, with the SAE given as ``sae=`` (a fitted SAE or its directory) or found in ``run=``.
     """
     lucent_param = lucent_compat.is_lucent_param(param)
     if lucent_param:  # it decides the size and the images per unit
@@ -128,7 +132,8 @@ def visualize(
 
     out = output_size(tfm, size, model.input_size if upsample else 0)
     final = max(size, model.input_size) if upsample else size  # where final images are scored
-    groups = [_group(key, obj, negative, diversity, per_unit) for key, obj in _objectives(model, units)]
+    groups = [_group(key, obj, negative, diversity, per_unit)
+              for key, obj in _objectives(model, units, sae=sae, run=run)]
     if not groups:
         raise BadInputError("no units to visualize")
     for g in groups:
@@ -240,14 +245,14 @@ def _check_objective(model, objective: Objective, out: int) -> None:
 
 
 # ----------------------------------------------------------------------------- units -> groups
-def _objectives(model, units) -> Iterable[tuple[str, Objective]]:
+def _objectives(model, units, sae=None, run=None) -> Iterable[tuple[str, Objective]]:
     """(key, objective) per unit: ids and whole layers are expanded, objectives pass through."""
     items = units if isinstance(units, (list, tuple)) else [units]
     for item in items:
         if isinstance(item, Objective):  # a single unit's objective is named (and seeded) by its id
             yield item.unit or item.name, item
         elif isinstance(item, Unit):
-            yield item.id, _unit_objective(model, item)
+            yield item.id, _unit_objective(model, item, sae, run)
         elif isinstance(item, str):
             text = item.strip()
             if text.endswith(":*"):
@@ -256,7 +261,7 @@ def _objectives(model, units) -> Iterable[tuple[str, Objective]]:
                     yield f"{layer}:{c}", channel(layer, c)
             else:
                 unit = Unit.parse(text)
-                yield unit.id, _unit_objective(model, unit)
+                yield unit.id, _unit_objective(model, unit, sae, run)
         elif lucent_compat.is_lucent_objective(item):
             obj = lucent_compat.from_lucent(item)
             yield obj.name, obj
@@ -265,10 +270,14 @@ def _objectives(model, units) -> Iterable[tuple[str, Objective]]:
                                 "'mixed4e:*', an Objective, or a lucent objective")
 
 
-def _unit_objective(model, unit: Unit) -> Objective:
+def _unit_objective(model, unit: Unit, sae=None, run=None) -> Objective:
     if unit.sae is not None:
-        raise BadInputError(f"{unit.id} is an SAE feature: render it with "
-                            f"direction({unit.layer!r}, sae_decoder_row) as the unit")
+        if sae is None and run is None:
+            raise BadInputError(f"{unit.id} is an SAE feature: pass sae= (the fitted SAE or its directory) "
+                                "or run= (a run that holds it)")
+        from ..units import feature_objective
+
+        return feature_objective(unit, sae=sae, run=run, model=model)
     model.layer(unit.layer)
     if unit.pos is not None:
         return neuron(unit.layer, unit.index, x=unit.pos[1], y=unit.pos[0])
