@@ -208,3 +208,13 @@ def test_evidence_is_saved_and_reused_only_for_the_same_settings(tmp_path):
     assert said[-1] == "held-out evaluation: done already" and again.table == first.table
     evidence(planted_model(), PlantedData(200, 1), **{**kw, "top": 4})
     assert said[-1] != "held-out evaluation: done already"
+
+
+def test_dead_fraction_target_is_met_by_beating_or_tying_at_zero():
+    from circuitsviz.evaluate.protocol import _better
+
+    assert _better("dead_fraction", 0.0, 0.0)          # none dead on both sides: the floor, matched
+    assert _better("dead_fraction", 0.01, 0.02)
+    assert not _better("dead_fraction", 0.02, 0.02)    # a tie above zero is no win
+    assert not _better("dead_fraction", 0.021, 0.0)
+    assert not _better("fvu", 0.0, 0.0)                # only the dead fraction has a floor to tie at

@@ -61,7 +61,7 @@ def evidence(model, data="procedural", *, out: str | Path | None = None, expansi
     settings = {"data": data if isinstance(data, str) else str(getattr(data, "spec", lambda: data)()),
                 "model_sha256": getattr(model, "weights_sha256", None), "expansion": expansion, "ks": list(ks),
                 "seeds": list(seeds), "n_images": n_images, "data_seed": data_seed, "eval_seed": eval_seed,
-                "per_image": per_image, "top": top, "sae_steps": sae_steps,
+                "per_image": per_image, "top": top, "sae_steps": sae_steps, "sae_resample": True,
                 "fv": {"steps": fv_steps, "mode": fv_mode, "transforms": fv_transforms, "size": fv_size} if with_fv else None}
     path = Path(out) / FILE if out is not None else None
     if path is not None and path.is_file():
