@@ -218,3 +218,17 @@ def test_dead_fraction_target_is_met_by_beating_or_tying_at_zero():
     assert not _better("dead_fraction", 0.02, 0.02)    # a tie above zero is no win
     assert not _better("dead_fraction", 0.021, 0.0)
     assert not _better("fvu", 0.0, 0.0)                # only the dead fraction has a floor to tie at
+
+
+def test_judge_view_shows_the_centre_crop_resized_to_the_judges_input():
+    from circuitsviz.evaluate.fv import judge_view
+
+    img = torch.zeros(1, 3, 8, 8)
+    img[..., 2:6, 2:6] = 1.0                         # a white centre square on a black border
+    img[0, 0, 2, 2] = 0.5                             # one marked pixel: the crop's top-left corner
+    centre = judge_view(img, 4, 0.5)                  # the centre 4 x 4, already the judge's size
+    assert centre.shape == (1, 3, 4, 4)
+    torch.testing.assert_close(centre, img[..., 2:6, 2:6])
+    whole = judge_view(img, 16)                       # no crop: only resized
+    assert whole.shape == (1, 3, 16, 16) and float(whole[..., 0, 0].max()) == 0.0
+    assert judge_view(img, 8) is img                  # nothing to do

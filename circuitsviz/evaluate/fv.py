@@ -118,13 +118,16 @@ def _class_logit(layer: str, c: int):
 
 def fv_recovery(model, targets: Sequence[Target], *, judge=None, kind: str = "units", size: int | None = None,
                 steps: int = 512, seed: int = 0, transforms="standard", progress: bool = False,
-                fire_layer: str | None = None, **visualize_kw) -> Recovery:
+                fire_layer: str | None = None, judge_crop: float | None = None, **visualize_kw) -> Recovery:
     """Render every target, label the renders with ``judge`` (default: the shipped one), score them.
 
     ``fire_layer``: the layer whose activations the targets' ``fires`` read (the evaluation's layer).
+    ``judge_crop``: the judge sees only the centre ``judge_crop`` of each render's side (resized to
+    its input), e.g. 0.75; ``None`` shows it the whole render. Whether a render fires its unit is
+    always read on the whole render.
     """
     from ..demo.judge import judge_labels, load_judge
-    from ..errors import check_int
+    from ..errors import check_float, check_int
     from ..models import VisionModel
     from ..optvis import visualize
 
@@ -135,6 +138,7 @@ def fv_recovery(model, targets: Sequence[Target], *, judge=None, kind: str = "un
     check_int("size", size, 8, 4096, optional=True)
     check_int("steps", steps, 1, 10**6)
     check_int("seed", seed, 0, 2**63 - 1)
+    check_float("judge_crop", judge_crop, 0, 1, lo_open=True, optional=True)
     if fire_layer is not None:
         if not isinstance(fire_layer, str):
             raise BadInputError(f"fire_layer must be a layer name, got {fire_layer!r:.80}")
@@ -146,9 +150,7 @@ def fv_recovery(model, targets: Sequence[Target], *, judge=None, kind: str = "un
     results = visualize(model, [t.objective for t in targets], size=size, steps=steps, seed=seed,
                         transforms=transforms, progress=progress, **visualize_kw)
     images = torch.stack([torch.from_numpy(r.image.copy()).permute(2, 0, 1) for r in results]).float() / 255
-    if images.shape[-1] != judge.input_size:
-        images = torch.nn.functional.interpolate(images, size=judge.input_size, mode="bilinear", align_corners=False)
-    labels, conf = judge_labels(judge, images)
+    labels, conf = judge_labels(judge, judge_view(images, judge.input_size, judge_crop))
     fired: list = [None] * len(targets)
     if fire_layer is not None:
         with torch.no_grad():
@@ -157,9 +159,21 @@ def fv_recovery(model, targets: Sequence[Target], *, judge=None, kind: str = "un
     rows = [{"unit": t.unit, "concept": t.concept, "judged": int(labels[i]), "confidence": float(conf[i]),
              "hit": bool(int(labels[i]) == t.concept), "fires": fired[i]} for i, t in enumerate(targets)]
     tf = transforms.settings() if hasattr(transforms, "settings") else transforms
-    settings = {"steps": steps, "size": size, "seed": seed, "transforms": tf,
+    settings = {"steps": steps, "size": size, "seed": seed, "transforms": tf, "judge_crop": judge_crop,
                 **{k: v for k, v in visualize_kw.items() if isinstance(v, (int, float, str, bool))}}
     return Recovery(kind, settings, rows)
+
+
+def judge_view(images: torch.Tensor, size: int, crop: float | None = None) -> torch.Tensor:
+    """What the judge sees of ``images`` (N x 3 x H x W): the centre ``crop`` of each side, resized to ``size``."""
+    if crop is not None and crop < 1:
+        h, w = images.shape[-2:]
+        ch, cw = max(1, round(h * crop)), max(1, round(w * crop))
+        top, left = (h - ch) // 2, (w - cw) // 2
+        images = images[..., top:top + ch, left:left + cw]
+    if images.shape[-2:] != (size, size):
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return images
 
 
 def scaled_transforms(size: int = 64, reference: int = 224):
@@ -186,4 +200,4 @@ def wide_transforms():
 
 
 __all__ = ["Target", "Recovery", "feature_targets", "channel_targets", "class_targets", "fv_recovery",
-           "scaled_transforms", "wide_transforms"]
+           "judge_view", "scaled_transforms", "wide_transforms"]
