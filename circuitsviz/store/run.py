@@ -120,6 +120,10 @@ def _opt_float(v) -> float | None:
     return None if v is None else float(v)
 
 
+def _opt_int(v) -> int | None:
+    return None if v is None else int(v)
+
+
 def _actmap_bytes(actmap) -> bytes | None:
     if actmap is None:
         return None
@@ -423,13 +427,21 @@ class Run(Publishing, CircuitStore):
             self._conn.executemany("INSERT OR REPLACE INTO feature_writes VALUES (?, ?, ?, ?)",
                                    [(uid, unit.layer, c, w) for c, w in top])
 
-    def put_split(self, layer: str, channel: int, sae: str, features: Iterable[dict]) -> None:
+    def put_split(self, layer: str, channel: int, sae: str, features: Iterable[dict],
+                  totals: dict | None = None) -> None:
         """Record how ``sae`` splits ``layer:channel``: ranked features with ``unit_id, share,
-        cosine, freq`` (best first)."""
+        cosine, freq`` (best first), and ``totals``: ``explained, bias_share`` (optionally
+        ``n_samples, n_firing``), what all features and the bias write (None: not known)."""
         rows = list(features)
         with self.batch():
-            self._conn.execute("DELETE FROM splits WHERE layer = ? AND channel = ? AND sae = ?",
-                               (layer, int(channel), sae))
+            for table in ("splits", "split_totals"):
+                self._conn.execute(f"DELETE FROM {table} WHERE layer = ? AND channel = ? AND sae = ?",
+                                   (layer, int(channel), sae))
+            if totals is not None:
+                self._conn.execute(
+                    "INSERT INTO split_totals VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (layer, int(channel), sae, float(totals["explained"]), float(totals["bias_share"]),
+                     _opt_int(totals.get("n_samples")), _opt_int(totals.get("n_firing"))))
             for rank, f in enumerate(rows):
                 uid = self._add_unit(f["unit_id"])
                 self._conn.execute(
@@ -650,9 +662,12 @@ class Run(Publishing, CircuitStore):
         if layer:
             sql, args = sql + " WHERE layer = ?", (layer,)
         groups: dict[tuple, list[SplitFeature]] = {}
-        for lay, ch, sae, _rank, uid, share, cos, freq in self._rows(sql + " ORDER BY layer, channel, sae, rank", args):
-            groups.setdefault((lay, ch, sae), []).append(SplitFeature(uid, share, cos, freq))
-        return [Split(lay, ch, sae, feats) for (lay, ch, sae), feats in groups.items()]
+        with self.snapshot():  # the features and their totals from one state of the index
+            for lay, ch, sae, _rank, uid, share, cos, freq in self._rows(sql + " ORDER BY layer, channel, sae, rank",
+                                                                          args):
+                groups.setdefault((lay, ch, sae), []).append(SplitFeature(uid, share, cos, freq))
+            totals = {tuple(r[:3]): r[3:] for r in self._rows(sql.replace("splits", "split_totals", 1), args)}
+        return [Split(lay, ch, sae, feats, *totals.get((lay, ch, sae), ())) for (lay, ch, sae), feats in groups.items()]
 
     def split(self, layer: str, channel: int | None = None, sae: str | None = None) -> Split | None:
         """The split of a channel (by ``sae``, or by the first SAE that split it), or None.
