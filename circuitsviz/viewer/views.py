@@ -11,7 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from . import evidence
-from .common import UnitView, command, esc, example_png, fmt, image_url, placeholder
+from .common import UnitView, command, esc, example_png, fmt, image_url, placeholder, revision
 
 VIS_TITLES = {"positive": "positive", "negative": "negative", "neuron": "neuron", "diversity": "diversity"}
 VIS_FLAGS = {"neuron": "--neuron", "negative": "--negative", "diversity": "--diversity 1000"}
@@ -119,6 +119,7 @@ def default_mode(view: UnitView) -> str:
 def example_cells(run: str, examples, mode: str, classes, width: int = 96, tags: dict | None = None,
                   limit: int | None = None) -> list[str]:
     out = []
+    rev = revision(run)
     for e in list(examples)[:limit]:
         label = label_of(e, classes)
         tag = (tags or {}).get((e.image_id, e.y, e.x))
@@ -126,7 +127,7 @@ def example_cells(run: str, examples, mode: str, classes, width: int = 96, tags:
         title = f"{e.image_id} at ({e.y}, {e.x}): activation {e.value:.4g}" + (f", label {label}" if label else "")
         if tag:
             title += f"; explained most by {tag[0]}"
-        out.append(cell(image_url(example_png(run, e, mode), check=False), caption, title, width, tag=tag[1] if tag else None,
+        out.append(cell(image_url(example_png(run, e, mode, rev=rev), check=False), caption, title, width, tag=tag[1] if tag else None,
                         attrs=f'data-example="{esc(e.image_id)}"' + (f' data-tag="{esc(tag[0])}"' if tag else "")))
     return out
 
