@@ -253,7 +253,7 @@ def _unit_activations(model, images: torch.Tensor, layers: list[str], transform)
                 a = fn(a)
         if a.dim() != 4:
             raise BadInputError(f"layer {name!r} gives shape {tuple(a.shape)}; mining needs N x units x H x W maps")
-        out[name] = a
+        out[name] = a.float()  # the running state is float32 whatever the model computes in (no copy when it is)
     return out
 
 

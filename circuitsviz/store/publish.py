@@ -48,15 +48,6 @@ def _prefix(unit: Unit) -> str:
     return unit.layer + (f"/{unit.sae}" if unit.sae else "")
 
 
-def store_rf(rf) -> tuple[float, float, float] | None:
-    """The store's one receptive-field convention, from a :class:`ReceptiveField` (first pixel):
-    position ``p``'s field is ``size`` pixels centred on ``offset + p * stride``."""
-    if rf is None:
-        return None
-    size, stride, start = rf.as_tuple()
-    return size, stride, start + size / 2
-
-
 class Publishing:
     """The write half of :class:`~circuitsviz.store.Run` (mixed into it)."""
 
@@ -166,7 +157,7 @@ class Publishing:
     def _put_layer_row(self, model, name: str, channels: int, height, width, rf) -> None:
         branches = [(b.name, b.start, b.stop) for b in model.layer(name).branches] if model is not None else []
         try:
-            rf = store_rf(rf)
+            rf = None if rf is None else rf.as_tuple()  # the store keeps the field as mining computed it
         except BadInputError:  # not square: the store records square fields only
             rf = None
         self.put_layer(name, channels, height, width, branches=branches, rf=rf)
@@ -565,4 +556,4 @@ def _example_rows(dataset, values, index, ys, xs, labels) -> list[dict]:
             for rank, (v, i, y, x, lab) in enumerate(zip(values, index, ys, xs, labels)) if i >= 0]
 
 
-__all__ = ["Publishing", "config_hash", "model_fingerprint", "store_rf", "vis_slot"]
+__all__ = ["Publishing", "config_hash", "model_fingerprint", "vis_slot"]
