@@ -457,16 +457,17 @@ def visualize_split_channels(ctx: StudyContext) -> None:
     from .store.publish import vis_slot
 
     layer = ctx.sae_layer
-    centre = None if ctx.checking else _centre(ctx.model, layer)
+    centre = None if ctx.checking else _centre(ctx.model, layer, ctx.settings.vis_size)
     for kind, extra in SPLIT_CHANNEL_VIS.items():
         ids = [Unit(layer, c, pos=centre if kind == "neuron" else None).id for c in ctx.split_channels]
         _visualize(ctx, vis_slot(Unit(layer, 0), kind),
                    f"{kind} visualizations of the split channels of {layer}", ids, **extra)
 
 
-def _centre(model, layer: str) -> tuple[int, int]:
-    """The centre of ``layer``'s feature map at the model's input size (Lucid's neuron objective)."""
-    shape = model.layer_shapes([layer])[layer]
+def _centre(model, layer: str, size: int) -> tuple[int, int]:
+    """The centre of ``layer``'s feature map for a ``size`` px image (where a render is scored),
+    as ``circuitsviz visualize --neuron`` picks it at the model's own size."""
+    shape = model.layer_shapes([layer], input_size=size)[layer]
     return shape[1] // 2, shape[2] // 2
 
 

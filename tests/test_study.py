@@ -59,7 +59,7 @@ def test_study_renders_the_split_channels_other_views(demo_study):
 
     out, report = demo_study
     run = open_run(out)
-    h, w = load_model("demo", pretrained=False).layer_shapes(["mixed3b"])["mixed3b"][1:]
+    h, w = load_model("demo", pretrained=False).layer_shapes(["mixed3b"], input_size=REDUCED.vis_size)["mixed3b"][1:]
     split = {int(s.channel.split(":")[1]) for s in report.splits}
     assert len(split) == REDUCED.n_split
     for u in run.units(layer="mixed3b", kind="channel"):
