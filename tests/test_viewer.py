@@ -117,6 +117,20 @@ def test_unit_page_keeps_the_stated_order(fake):
         < labels.index("**SAE features of this channel**")
 
 
+def test_unit_page_shows_every_visualization_kind_at_true_size_or_double_with_click_to_enlarge(fake):
+    uid = "mixed4e:3"
+    at = app(fake.path, "unit", unit=uid)
+    shown = re.findall(r'class="cv-cell" style="--w:(\d+)px" title="[^"]*" data-vis="(\w+)"><a href="([^"]+)" '
+                       r'target="_blank"><img src="([^"]+)"', html_blocks(at))
+    run = open_run(fake.path)
+    stored = run.visualizations(uid) + run.visualizations(uid + "@4,4")
+    assert sorted(k for _, k, _, _ in shown) == sorted(v.kind for v in stored)  # positive, negative, neuron, 3 diversity
+    for width, kind, target, src in shown:
+        assert int(width) == (2 if kind == "positive" else 1) * 64  # the renders are 64 px
+        assert target == src  # a click opens the image itself, at full size
+    assert not [e for e in at.expander if "Not rendered yet" in e.label]
+
+
 def test_concept_chart_marks_the_concepts_at_half_the_best_mean(fake):
     uid = "mixed4e:3"
     at = app(fake.path, "unit", unit=uid)

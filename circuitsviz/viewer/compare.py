@@ -138,7 +138,7 @@ def render() -> None:
         st.subheader(f"Channel {view.unit.id}")
         link("unit", "open its unit page", run, unit=view.unit.id, layer=view.unit.layer)
         circuit_link(st, run, view.unit.id)
-        visualizations(run, view, model, missing=False)
+        visualizations(run, view, model, scale=1, missing=False)
         concept_chart(view)
         st.markdown("**Top examples**, tagged with the feature that explains most of each",
                     help="The coloured square is the split feature whose activation times decoder cosine is largest "

@@ -39,8 +39,8 @@ def concept_maxima(stats: Stats | None, examples, quantiles, classes: list[str] 
     """Max image-level activation per concept. Recorded by mining (``scores["concept_max"]``)
     where it is; else read off the unit's examples: the top-k are the k images with the largest
     image-level activation, so a concept with an image among them has its maximum there (exact);
-    any other concept's maximum lies between its best example across the activation range and
-    the top-k cut-off (a lower bound, shown as such).
+    any other concept's maximum lies between the larger of its best example across the activation
+    range and its mean, and the top-k cut-off (a lower bound, shown as such).
 
     >>> from circuitsviz.store import Example, QuantileExample
     >>> top = [Example("u", "max", 0, "a", 9.0, 0, 0, label=0), Example("u", "max", 1, "b", 7.0, 0, 0, label=0)]
@@ -63,10 +63,14 @@ def concept_maxima(stats: Stats | None, examples, quantiles, classes: list[str] 
         if (c := name(e.label)) is not None and (c not in out or e.value > out[c].value):
             out[c] = ConceptMax(float(e.value), True)
     cut = min((e.value for e in examples), default=None)
+    bound = None if cut is None else float(cut)
     for q in quantiles:
         c = name(q.label)
         if c is not None and (c not in out or (not out[c].exact and q.value > out[c].value)):
-            out[c] = ConceptMax(float(q.value), False, None if cut is None else float(cut))
+            out[c] = ConceptMax(float(q.value), False, bound)
+    for c, mean in concept_means(stats).items():  # a maximum is at least the mean
+        if c not in out or (not out[c].exact and mean > out[c].value):
+            out[c] = ConceptMax(mean, False, bound)
     return out
 
 

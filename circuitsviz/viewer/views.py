@@ -132,8 +132,11 @@ def example_cells(run: str, examples, mode: str, classes, width: int = 96, tags:
     return out
 
 
-def visualizations(run: str, view: UnitView, model: str | None, scale: int = 2, missing: bool = True) -> None:
-    """The unit's renders at ×``scale`` (click to enlarge); the missing kinds in one line."""
+def visualizations(run: str, view: UnitView, model: str | None, scale: int = 2, missing: bool = True,
+                   others: int = 1) -> None:
+    """The unit's renders, click to enlarge: the positive one at ×``scale``, the negative, neuron
+    and diversity ones at ×``others`` (seven renders at ×2 would fill the first screen); the
+    missing kinds in one line."""
     by_kind: dict[str, list] = {}
     for v in view.vis:
         by_kind.setdefault(v.kind, []).append(v)
@@ -145,7 +148,8 @@ def visualizations(run: str, view: UnitView, model: str | None, scale: int = 2, 
         for v in by_kind.get(kind, [])[:4]:
             cap = VIS_TITLES[kind] + (f" {fmt(v.objective)}" if v.objective is not None and kind != "diversity" else "")
             cells.append(cell(image_url(v.path), cap, f"{kind} visualization; objective {fmt(v.objective, 4)} "
-                              "(the unit's mean activation on the image)", width=min(v.width * scale, 160),
+                              "(the unit's mean activation on the image)",
+                              width=min(v.width * (scale if kind == "positive" else others), 160),
                               attrs=f'data-vis="{kind}"'))
     html(grid(cells, "cv-vis"))
     absent = [k for k in ("neuron", "negative", "diversity") if k not in by_kind]
