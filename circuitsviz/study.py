@@ -414,7 +414,7 @@ def split(ctx: StudyContext) -> None:
     for c in ctx.split_channels:
         rec = ctx.run.step("split", f"{ctx.sae_slot}:{c}")
         old = ctx.run.split(ctx.sae_layer, c, ctx.sae_name)
-        # a split stored before its totals were (schema < 4) is split again, to record them
+        # a split stored before runs kept its totals (store schema < 5) is split again, to record them
         if rec is not None and rec.complete and rec.settings == {"top": s.split_top} and old is not None \
                 and old.explained is not None:
             _log(f"split of {ctx.sae_layer}:{c}: done already")

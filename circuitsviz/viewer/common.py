@@ -189,6 +189,9 @@ def example_png(path: str, example: Example | QuantileExample, mode: str, size: 
     if key not in _RENDERED:
         from ..store.render import render_example
 
+        if len(_RENDERED) > 200_000:  # a long-lived viewer of a run a job keeps writing: start afresh
+            _RENDERED.clear()
+
         try:
             _RENDERED[key] = str(render_example(get_run(path), example, mode, size, context=render_context(path, rev)))
         except (CircuitsvizError, OSError, KeyError, ValueError):
