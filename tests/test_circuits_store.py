@@ -77,7 +77,7 @@ def test_a_schema_2_run_is_upgraded_keeping_its_rows(tmp_path):
         run.add_circuit(_circuit())
         run.add_faithfulness(_faithfulness())
     with open_run(path) as run:
-        assert run._rows("PRAGMA user_version")[0][0] == schema.SCHEMA_VERSION == 3
+        assert run._rows("PRAGMA user_version")[0][0] == schema.SCHEMA_VERSION == 4
         assert run.circuit("mixed3b:4", source="mixed3a").to_rows() == _circuit().to_rows()
 
 

@@ -214,10 +214,11 @@ def test_concurrent_threads_can_share_one_handle(run):
     assert errors == [] and [run.examples(f"l:{u}")[0].image_id for u in range(4)] == ["19"] * 4
 
 
-def test_receptive_box_is_the_field_around_the_position_centre_clipped():
-    # centre of grid (y=2, x=0) is (offset + 2*stride, offset) = (36, 4); size 40 spans +-20
-    assert receptive_box((40, 16, 4), 2, 0, 64) == (0, 16, 24, 56)
-    assert receptive_box((8, 8, 4), 7, 7, 64) == (56, 56, 64, 64)
+def test_receptive_box_is_the_field_from_the_first_pixel_clipped():
+    # grid (y=2, x=0) starts at (offset + 2*stride, offset) = (16, -16); size 40 ends at (56, 24)
+    assert receptive_box((40, 16, -16), 2, 0, 64) == (0, 16, 24, 56)
+    assert receptive_box((8, 8, 0), 7, 7, 64) == (56, 56, 64, 64)
+    assert receptive_box((8, 8, 0), 9, 0, 64) == (0, 0, 8, 64)  # a field below the image: all rows
 
 
 def test_example_crop_is_the_receptive_field_of_the_model_input_image(tmp_path):
@@ -225,14 +226,14 @@ def test_example_crop_is_the_receptive_field_of_the_model_input_image(tmp_path):
     run = open_run(tmp_path / "r", create=True)
     run.set_info(input_size=64)
     run.set_data_source(ds.spec())
-    run.put_layer("l", 4, 8, 8, rf=(16, 8, 4))
+    run.put_layer("l", 4, 8, 8, rf=(16, 8, -4))
     run.put_examples("l:0", [dict(rank=0, image_id=ds.image_id(1), value=1, y=3, x=5, actmap=np.eye(8))])
     ex = run.examples("l:0")[0]
     crop = np.asarray(Image.open(run.example_image(ex, "crop", size=16)))
     from circuitsviz.data import preprocess_image
 
     full = np.asarray(preprocess_image(Image.open(tmp_path / "imgs" / ds.image_id(1)), 64))
-    # centre (4 + 3*8, 4 + 5*8) = (28, 44); the 16-pixel field is rows 20..36, columns 36..52
+    # position (3, 5) starts at (-4 + 3*8, -4 + 5*8) = (20, 36): the 16-pixel field is rows 20..36, columns 36..52
     np.testing.assert_array_equal(crop, full[20:36, 36:52])
     first = run.example_image(ex, "overlay")
     mtime = first.stat().st_mtime_ns

@@ -108,7 +108,7 @@ def run_fit(args: argparse.Namespace) -> int:
     model.layer(layer)
     _check_fit_args(args, model, layer)
     is_cache = (Path(args.data) / "metadata.json").is_file()
-    data = args.data if is_cache else as_dataset(args.data, model, n=args.images)
+    data = args.data if is_cache else as_dataset(args.data, model, n=args.images, param="--data ")
     name = args.name or sae_name(args.kind, args.expansion, args.k)
     sampler = Sampler(args.sampler, per_image=args.per_image, rate=args.rate, channel=args.channel)
     key = sae_key(kind=args.kind, expansion=args.expansion, k=args.k, l1_coef=args.l1_coef, steps=args.steps,

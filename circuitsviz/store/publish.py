@@ -48,15 +48,6 @@ def _prefix(unit: Unit) -> str:
     return unit.layer + (f"/{unit.sae}" if unit.sae else "")
 
 
-def store_rf(rf) -> tuple[float, float, float] | None:
-    """The store's one receptive-field convention, from a :class:`ReceptiveField` (first pixel):
-    position ``p``'s field is ``size`` pixels centred on ``offset + p * stride``."""
-    if rf is None:
-        return None
-    size, stride, start = rf.as_tuple()
-    return size, stride, start + size / 2
-
-
 class Publishing:
     """The write half of :class:`~circuitsviz.store.Run` (mixed into it)."""
 
@@ -166,7 +157,7 @@ class Publishing:
     def _put_layer_row(self, model, name: str, channels: int, height, width, rf) -> None:
         branches = [(b.name, b.start, b.stop) for b in model.layer(name).branches] if model is not None else []
         try:
-            rf = store_rf(rf)
+            rf = None if rf is None else rf.as_tuple()  # the store keeps the field as mining computed it
         except BadInputError:  # not square: the store records square fields only
             rf = None
         self.put_layer(name, channels, height, width, branches=branches, rf=rf)
@@ -311,20 +302,29 @@ class Publishing:
             sae_name = sae if isinstance(sae, str) else sae.name
             transform = None if isinstance(sae, str) else sae
         written = 0
-        for name, r in result.layers.items():
-            if sae_name is not None:  # features of an SAE the run holds are keyed by its settings too
-                rec = self.step("sae", f"{name}/{sae_name}")
+        for key_name, r in result.layers.items():
+            name, _, named = key_name.partition("/")  # mine(..., ["LAYER/SAE"]) keys features by their SAE
+            if named and sae_name not in (None, named):
+                raise BadInputError(f"the result's {key_name!r} holds features of SAE {named}, but sae= is {sae_name}")
+            layer_sae = named or sae_name
+            if layer_sae is not None:  # features of an SAE the run holds are keyed by its settings too
+                rec = self.step("sae", f"{name}/{layer_sae}")
                 sae_settings = rec.settings if rec is not None else None
-            slot = name + (f"/{sae_name}" if sae_name else "")
+            slot = name + (f"/{layer_sae}" if layer_sae else "")
             key = mining_key(config, sae_settings)
             if self._replacing("mine", slot, key, overwrite, f"the dataset examples of {slot}"):
-                self._drop_unit_rows(name, sae_name, ("examples", "quantile_examples", "stats"))
-            maps = top_k_maps(model, dataset, r, transform) if actmaps and model is not None else None
+                self._drop_unit_rows(name, layer_sae, ("examples", "quantile_examples", "stats"))
+            maps = None
+            if actmaps and model is not None:
+                from ..units import resolve_sae
+
+                encoder = resolve_sae(slot, sae=transform, run=self, model=model) if named else transform
+                maps = top_k_maps(model, dataset, r, encoder)
             with self.batch():  # one transaction per layer: a reader sees all its units or none
-                if sae_name is None:
+                if layer_sae is None:
                     self._put_layer_row(model or _zoo_table(config.get("model")), name, r.units, r.height,
                                         r.width, r.rf)
-                written += self._write_mined_layer(result, r, dataset, sae_name, quantile_groups, maps)
+                written += self._write_mined_layer(result, r, dataset, layer_sae, quantile_groups, maps)
                 self.mark_done("mine", slot, key)
         return written
 
@@ -355,7 +355,7 @@ class Publishing:
         for sae_name, names in jobs.items():
             if sae_name and len(names) > 1:
                 raise BadInputError(f"SAE {sae_name} reads one layer; name it once, as {names[0]}/{sae_name}")
-            sae = resolve_sae(Unit(names[0], 0, sae=sae_name), run=self, model=model) if sae_name else None
+            sae = resolve_sae(f"{names[0]}/{sae_name}", run=self, model=model) if sae_name else None
             sae_settings = self.step("sae", f"{names[0]}/{sae_name}").settings if sae else None
             key = planned_mining_key(**{k: kwargs[k] for k in ("k", "mean_top_k", "hist_bins", "hist_range",
                                                               "calibration", "per_bin") if k in kwargs},
@@ -387,7 +387,7 @@ class Publishing:
     def _write_mined_layer(self, result, r, dataset, sae: str | None, quantile_groups: int,
                            maps: np.ndarray | None) -> int:
         name = r.name
-        ids = [Unit(name, u, sae=sae).id for u in range(r.units)]
+        ids = [Unit(name.partition("/")[0], u, sae=sae).id for u in range(r.units)]
         for uid in ids:
             self._add_unit(uid)
         stats = result.stats(name)
@@ -556,4 +556,4 @@ def _example_rows(dataset, values, index, ys, xs, labels) -> list[dict]:
             for rank, (v, i, y, x, lab) in enumerate(zip(values, index, ys, xs, labels)) if i >= 0]
 
 
-__all__ = ["Publishing", "config_hash", "model_fingerprint", "store_rf", "vis_slot"]
+__all__ = ["Publishing", "config_hash", "model_fingerprint", "vis_slot"]

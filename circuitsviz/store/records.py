@@ -25,7 +25,7 @@ class LayerRecord:
     height: int | None
     width: int | None
     branches: list[tuple[str, int, int]]            # (name, start, stop): channels [start, stop)
-    rf: tuple[float, float, float] | None           # (size, stride, offset) in input pixels
+    rf: tuple[float, float, float] | None           # (size, stride, offset): offset = first pixel of position 0
 
     def branch_of(self, channel: int) -> str | None:
         return next((name for name, a, b in self.branches if a <= channel < b), None)

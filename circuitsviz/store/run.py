@@ -1,7 +1,7 @@
 """``Run``: one study's results on disk, written by jobs and read by the viewer and by scripts.
 
 >>> run = open_run("runs/cat", create=True)                              # doctest: +SKIP
->>> run.put_layer("mixed4e", 832, 14, 14, rf=(139, 16, 7.5))            # doctest: +SKIP
+>>> run.put_layer("mixed4e", 832, 14, 14, rf=(139, 16, -62))             # doctest: +SKIP
 >>> run.put_examples("mixed4e:55", [dict(rank=0, image_id="a.jpg", value=9.1, y=3, x=4, label=1)])  # doctest: +SKIP
 >>> [e.image_id for e in open_run("runs/cat").examples("mixed4e:55")]   # doctest: +SKIP
 ['a.jpg']
@@ -314,7 +314,8 @@ class Run(Publishing, CircuitStore):
     def put_layer(self, name: str, channels: int, height: int | None = None, width: int | None = None,
                   branches: Iterable = (), rf: tuple[float, float, float] | None = None) -> None:
         """Record a layer: width, spatial size, branch ranges ``(name, start, stop)`` (or
-        ``Branch`` objects) and receptive field ``(size, stride, offset)`` in input pixels."""
+        ``Branch`` objects) and receptive field ``(size, stride, offset)`` in input pixels, ``offset``
+        the first pixel of position 0 (``ReceptiveField.as_tuple()``, :mod:`circuitsviz.geometry`)."""
         br = [(b.name, b.start, b.stop) if hasattr(b, "start") else tuple(b) for b in branches]
         rf = None if rf is None else tuple(float(v) for v in rf)
         if rf is not None and len(rf) != 3:

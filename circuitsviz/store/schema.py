@@ -11,7 +11,7 @@ import sqlite3
 
 from ..errors import CircuitsvizError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # JSON columns hold small, schema-free payloads (settings, metrics, branch tables);
 # everything the viewer filters or sorts on is a real column.
@@ -93,6 +93,9 @@ ALTER TABLE done ADD COLUMN complete INTEGER NOT NULL DEFAULT 1;
 """,
     # 3: circuits and their faithfulness (circuitsviz/store/circuits.py); older rows are kept as they are.
     3: CIRCUIT_TABLES,
+    # 4: a layer's rf_offset is the first input pixel of position 0, as mining's ReceptiveField
+    # records it (circuitsviz/geometry.py); before, it was the centre of that field.
+    4: "UPDATE layers SET rf_offset = rf_offset - rf_size / 2.0 WHERE rf_offset IS NOT NULL AND rf_size IS NOT NULL;",
 }
 
 

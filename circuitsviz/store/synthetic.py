@@ -24,7 +24,7 @@ from .run import Run, open_run
 CLASSES = ("ball", "car", "cat", "curve")
 INPUT_SIZE = 64
 GRID = 8  # the layers' spatial size at INPUT_SIZE
-RF = (40.0, 8.0, 4.0)  # receptive field (size, stride, offset) of every grid position
+RF = (40.0, 8.0, -16.0)  # receptive field (size, stride, first pixel of position 0) of every grid position
 
 
 @dataclass
