@@ -236,10 +236,12 @@ class StudyContext:
     def sae_slot(self) -> str:
         return f"{self.sae_layer}/{self.sae_name}"
 
-    def vis_settings(self) -> dict:
+    def vis_settings(self, **extra) -> dict:
+        """The visualization step's settings; ``extra``: a kind's own (``diversity``, ...)."""
         from .store.steps import planned_vis_key
 
-        return planned_vis_key(size=self.settings.vis_size, steps=self.settings.vis_steps, seed=self.settings.seed)
+        return planned_vis_key(size=self.settings.vis_size, steps=self.settings.vis_steps, seed=self.settings.seed,
+                               **{k: v for k, v in extra.items() if k != "negative"})
 
     def sae_settings(self) -> dict:
         from .sae import Sampler
@@ -362,13 +364,14 @@ def visualize_channels(ctx: StudyContext) -> None:
         _visualize(ctx, vis_slot(Unit(layer, 0), "positive"), f"visualizations of {layer}", ids)
 
 
-def _visualize(ctx: StudyContext, slot: str, what: str, ids: list[str]) -> None:
+def _visualize(ctx: StudyContext, slot: str, what: str, ids: list[str], **extra) -> None:
+    """Render ``ids`` at the study's settings; ``extra``: the kind's own (``negative=True``, ``diversity=w``)."""
     s = ctx.settings
-    ctx.state("vis", slot, ctx.vis_settings(), what)  # other settings: refused now, before any work
+    ctx.state("vis", slot, ctx.vis_settings(**extra), what)  # other settings: refused now, before any work
     if ctx.checking or not ids:
         return
     n = ctx.run.visualize(ctx.model, ids, size=s.vis_size, steps=s.vis_steps, seed=s.seed, progress=ctx.progress,
-                          overwrite=ctx.overwrite)
+                          overwrite=ctx.overwrite, **extra)
     if n:
         ctx.computed = True
         _log(f"{what}: rendered {n} images ({s.vis_steps} steps, {s.vis_size} px)")
@@ -435,7 +438,10 @@ def split(ctx: StudyContext) -> None:
     ctx.split_channels = ctx.channels or _most_polysemantic(ctx.run, ctx.sae_layer, s.n_split)
     for c in ctx.split_channels:
         rec = ctx.run.step("split", f"{ctx.sae_slot}:{c}")
-        if rec is not None and rec.complete and rec.settings == {"top": s.split_top}:
+        old = ctx.run.split(ctx.sae_layer, c, ctx.sae_name)
+        # a split stored before runs kept its totals (store schema < 5) is split again, to record them
+        if rec is not None and rec.complete and rec.settings == {"top": s.split_top} and old is not None \
+                and old.explained is not None:
             _log(f"split of {ctx.sae_layer}:{c}: done already")
         else:
             ctx.computed = True
@@ -465,6 +471,45 @@ def visualize_features(ctx: StudyContext) -> None:
                f"visualizations of {ctx.sae_slot}", wanted)
 
 
+# The unit page's other views of a split channel, beside its positive render: what minimises it,
+# several different images that excite it (Lucid's diversity objective at a weight from its
+# examples, FACTS.md), and the one neuron at the centre of its feature map.
+SPLIT_CHANNEL_VIS = {"negative": dict(negative=True), "diversity": dict(diversity=100.0), "neuron": {}}
+
+
+def visualize_split_channels(ctx: StudyContext) -> None:
+    """Negative, diversity and centre-neuron renders of each split channel."""
+    from .store.publish import vis_slot
+
+    layer = ctx.sae_layer
+    centre = None if ctx.checking else _centre(ctx.model, layer, ctx.settings.vis_size)
+    for kind, extra in SPLIT_CHANNEL_VIS.items():
+        ids = [Unit(layer, c, pos=centre if kind == "neuron" else None).id for c in ctx.split_channels]
+        _visualize(ctx, vis_slot(Unit(layer, 0), kind),
+                   f"{kind} visualizations of the split channels of {layer}", ids, **extra)
+
+
+def _centre(model, layer: str, size: int) -> tuple[int, int]:
+    """The centre of ``layer``'s feature map for a ``size`` px image (where a render is scored),
+    as ``circuitsviz visualize --neuron`` picks it at the model's own size."""
+    shape = model.layer_shapes([layer], input_size=size)[layer]
+    return shape[1] // 2, shape[2] // 2
+
+
+def prerender_examples(ctx: StudyContext) -> None:
+    """Draw the example crops of the split channels and their features now, into the user's render
+    cache, so the viewer's first look at the compare, unit and feature pages draws nothing."""
+    from .store.render import prerender
+
+    if ctx.checking:
+        return
+    ids = [Unit(ctx.sae_layer, c).id for c in ctx.split_channels]
+    ids += [u for ranked in ctx.split_features for u in ranked if u not in ids]
+    t0 = time.time()
+    n = prerender(ctx.run, ids)
+    _log(f"example views of {len(ids)} split units ready ({n} views, {time.time() - t0:.1f} s)")
+
+
 def circuits(ctx: StudyContext) -> None:
     """Circuits (weights from the layer before) and faithfulness of each split channel and its top features."""
     from .circuits.study import circuits_step
@@ -474,7 +519,8 @@ def circuits(ctx: StudyContext) -> None:
 
 # The pipeline, in order. A step is a function of the context; add one to extend the study.
 STEPS: list[Callable[[StudyContext], None]] = [
-    visualize_channels, mine_channels, fit, split, mine_features, visualize_features, circuits,
+    visualize_channels, mine_channels, fit, split, mine_features, visualize_features, visualize_split_channels,
+    prerender_examples, circuits,
 ]
 
 

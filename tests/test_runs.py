@@ -163,9 +163,9 @@ def test_a_schema_1_run_is_upgraded_in_place(tmp_path):
     """Runs written before SAEs were named within their layer, and steps recorded their settings."""
     import sqlite3
 
-    from circuitsviz.store.schema import CIRCUIT_TABLES, SCHEMA, SCHEMA_VERSION
+    from circuitsviz.store.schema import CIRCUIT_TABLES, SCHEMA, SCHEMA_VERSION, SPLIT_TOTALS
 
-    v1 = (SCHEMA.replace(CIRCUIT_TABLES, "").replace("metrics TEXT NOT NULL DEFAULT '{}', path TEXT, PRIMARY KEY (layer, name));",
+    v1 = (SCHEMA.replace(CIRCUIT_TABLES, "").replace(SPLIT_TOTALS, "").replace("metrics TEXT NOT NULL DEFAULT '{}', path TEXT, PRIMARY KEY (layer, name));",
                          "metrics TEXT NOT NULL DEFAULT '{}', path TEXT, PRIMARY KEY (name));")
           .replace("settings TEXT, complete INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (step, key));",
                    "PRIMARY KEY (step, key));"))
@@ -180,7 +180,7 @@ def test_a_schema_1_run_is_upgraded_in_place(tmp_path):
     with pytest.raises(StoreVersionError, match="older store schema 1"):  # a reader changes nothing
         open_run(tmp_path / "old")
     run = open_run(tmp_path / "old", writable=True)
-    assert run._rows("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 4
+    assert run._rows("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 5
     assert [(s.layer, s.name) for s in run.saes()] == [("mixed3b", "sae")]
     rec = run.step("vis", "mixed3b:0")
     assert rec.complete and rec.settings is None  # unknown: a re-run with any settings is refused

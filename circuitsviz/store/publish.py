@@ -465,7 +465,8 @@ class Publishing:
                 old = self.feature(f.unit_id)
                 self.put_feature(f.unit_id, sae=split.sae, decoder_top=old.decoder_top if old else (),
                                  freq=f.freq, mean_act=f.mean_activation)
-            self.put_split(split.layer, split.channel, sae=split.sae, features=split.to_store_rows())
+            self.put_split(split.layer, split.channel, sae=split.sae, features=split.to_store_rows(),
+                           totals=_split_totals(split))
             self.mark_done("split", f"{slot}:{split.channel}",
                            settings if settings is not None else {"top": len(split.features)})
 
@@ -495,7 +496,8 @@ class Publishing:
         with self.batch():
             self._drop_unit_rows(layer, name, _UNIT_TABLES)
             self._conn.execute("DELETE FROM units WHERE layer = ? AND sae = ?", (layer, name))
-            self._conn.execute("DELETE FROM splits WHERE layer = ? AND sae = ?", (layer, name))
+            for table in ("splits", "split_totals"):
+                self._conn.execute(f"DELETE FROM {table} WHERE layer = ? AND sae = ?", (layer, name))
             self._conn.execute("DELETE FROM saes WHERE layer = ? AND name = ?", (layer, name))
             self._conn.execute("DELETE FROM done WHERE key = ? OR substr(key, 1, ?) IN (?, ?)",
                                (slot, len(slot) + 1, slot + "|", slot + ":"))
@@ -511,8 +513,19 @@ class Publishing:
 
     def _drop_all(self) -> None:
         with self.batch():
-            for t in ("layers", "units", *_UNIT_TABLES, "saes", "splits", "circuits", "faithfulness", "done"):
+            for t in ("layers", "units", *_UNIT_TABLES, "saes", "splits", "split_totals", "circuits", "faithfulness",
+                      "done"):
                 self._conn.execute(f"DELETE FROM {t}")
+
+
+def _split_totals(split) -> dict | None:
+    """What all of a split's features and the bias write (``SplitResult``), or None when the
+    result does not say (a hand-made split)."""
+    explained, bias = getattr(split, "explained", None), getattr(split, "bias_share", None)
+    if explained is None or bias is None:
+        return None
+    return dict(explained=explained, bias_share=bias, n_samples=getattr(split, "n_samples", None),
+                n_firing=getattr(split, "n_firing", None))
 
 
 def _unit_of(result) -> str:

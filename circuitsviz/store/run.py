@@ -14,6 +14,7 @@ most an unreferenced PNG behind. Group several puts into one transaction with ``
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -145,6 +146,10 @@ def _opt_float(v) -> float | None:
     return None if v is None else float(v)
 
 
+def _opt_int(v) -> int | None:
+    return None if v is None else int(v)
+
+
 def _actmap_bytes(actmap) -> bytes | None:
     if actmap is None:
         return None
@@ -157,7 +162,29 @@ def _actmap_bytes(actmap) -> bytes | None:
 
 
 def _actmap_array(blob: bytes | None) -> np.ndarray | None:
-    return None if blob is None else np.load(io.BytesIO(blob), allow_pickle=False).astype(np.float32)
+    if blob is None:
+        return None
+    # An .npy file is a magic string, a header (dtype, order, shape) and the raw array. Every
+    # actmap of a layer shares one header; parsing it (np.load does, with ast) costs more than
+    # reading the array, and a page reads hundreds.
+    if blob[:8] == b"\x93NUMPY\x01\x00":
+        end = 10 + int.from_bytes(blob[8:10], "little")
+        dtype, shape = _npy_header(blob[10:end])
+        if dtype is not None:
+            return np.frombuffer(blob, dtype=dtype, count=int(np.prod(shape)), offset=end).reshape(shape) \
+                .astype(np.float32)
+    return np.load(io.BytesIO(blob), allow_pickle=False).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(header: bytes) -> tuple[np.dtype | None, tuple]:
+    """dtype and shape of a C-ordered ``.npy`` header (dtype None: anything else, for np.load)."""
+    import ast
+
+    d = ast.literal_eval(header.decode("latin1"))
+    if d.get("fortran_order") or not isinstance(d.get("shape"), tuple):
+        return None, ()
+    return np.dtype(d["descr"]), d["shape"]
 
 
 class Run(Publishing, CircuitStore):
@@ -443,13 +470,21 @@ class Run(Publishing, CircuitStore):
             self._conn.executemany("INSERT OR REPLACE INTO feature_writes VALUES (?, ?, ?, ?)",
                                    [(uid, unit.layer, c, w) for c, w in top])
 
-    def put_split(self, layer: str, channel: int, sae: str, features: Iterable[dict]) -> None:
+    def put_split(self, layer: str, channel: int, sae: str, features: Iterable[dict],
+                  totals: dict | None = None) -> None:
         """Record how ``sae`` splits ``layer:channel``: ranked features with ``unit_id, share,
-        cosine, freq`` (best first)."""
+        cosine, freq`` (best first), and ``totals``: ``explained, bias_share`` (optionally
+        ``n_samples, n_firing``), what all features and the bias write (None: not known)."""
         rows = list(features)
         with self.batch():
-            self._conn.execute("DELETE FROM splits WHERE layer = ? AND channel = ? AND sae = ?",
-                               (layer, int(channel), sae))
+            for table in ("splits", "split_totals"):
+                self._conn.execute(f"DELETE FROM {table} WHERE layer = ? AND channel = ? AND sae = ?",
+                                   (layer, int(channel), sae))
+            if totals is not None:
+                self._conn.execute(
+                    "INSERT INTO split_totals VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (layer, int(channel), sae, float(totals["explained"]), float(totals["bias_share"]),
+                     _opt_int(totals.get("n_samples")), _opt_int(totals.get("n_firing"))))
             for rank, f in enumerate(rows):
                 uid = self._add_unit(f["unit_id"])
                 self._conn.execute(
@@ -670,9 +705,12 @@ class Run(Publishing, CircuitStore):
         if layer:
             sql, args = sql + " WHERE layer = ?", (layer,)
         groups: dict[tuple, list[SplitFeature]] = {}
-        for lay, ch, sae, _rank, uid, share, cos, freq in self._rows(sql + " ORDER BY layer, channel, sae, rank", args):
-            groups.setdefault((lay, ch, sae), []).append(SplitFeature(uid, share, cos, freq))
-        return [Split(lay, ch, sae, feats) for (lay, ch, sae), feats in groups.items()]
+        with self.snapshot():  # the features and their totals from one state of the index
+            for lay, ch, sae, _rank, uid, share, cos, freq in self._rows(sql + " ORDER BY layer, channel, sae, rank",
+                                                                          args):
+                groups.setdefault((lay, ch, sae), []).append(SplitFeature(uid, share, cos, freq))
+            totals = {tuple(r[:3]): r[3:] for r in self._rows(sql.replace("splits", "split_totals", 1), args)}
+        return [Split(lay, ch, sae, feats, *totals.get((lay, ch, sae), ())) for (lay, ch, sae), feats in groups.items()]
 
     def split(self, layer: str, channel: int | None = None, sae: str | None = None) -> Split | None:
         """The split of a channel (by ``sae``, or by the first SAE that split it), or None.
