@@ -37,7 +37,7 @@ BAD = {  # by argparse type; huge values are the API suite's (tests/test_hardeni
     float: ["0", "-1", "nan", "inf"],
     None: ["0", "banana", "../../x/y", "/proc/nope", ""],
 }
-pytestmark = pytest.mark.slow  # about 520 in-process commands: ~15 s on a quiet 2-core machine
+pytestmark = pytest.mark.slow  # about 520 in-process commands and two real processes
 
 DEMO = ["--model", "demo", "--no-pretrained"]
 BASE = {
