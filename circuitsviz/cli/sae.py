@@ -6,7 +6,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int
 from .common import add_model_args, add_run_args, model_from_args
 
 FIT_EPILOG = """\
@@ -84,9 +84,9 @@ def _check_fit_args(args: argparse.Namespace, model, layer: str) -> None:
         if args.channel is None:
             raise BadInputError("--sampler channel needs --channel N")
         model.check_channel(layer, args.channel)
+    for flag in ("expansion", "images", "per_image", "batch_size"):  # before the product below
+        check_int("--" + flag.replace("_", "-"), getattr(args, flag), 1)
     latents = args.expansion * model.channels(layer)
-    if args.expansion < 1 or args.images < 1 or args.per_image < 1 or args.batch_size < 1:
-        raise BadInputError("--expansion, --images, --per-image and --batch-size must be >= 1")
     if args.kind == "topk" and not 1 <= args.k <= latents:
         raise BadInputError(f"--k {args.k} is out of range for {latents} features "
                             f"({args.expansion} x {model.channels(layer)} channels); valid: 1..{latents}")
