@@ -401,20 +401,20 @@ def _mine(ctx: StudyContext, layers: list[str]) -> None:
 
 def fit(ctx: StudyContext) -> None:
     """An SAE on the SAE layer, named by :func:`~circuitsviz.units.sae_name`."""
-    from .sae import Sampler, fit_sae, load_sae
+    from .sae import Sampler, fit_sae
 
     s, layer, name = ctx.settings, ctx.sae_layer, ctx.sae_name
     key = ctx.sae_settings()
     if not ctx.todo("sae", ctx.sae_slot, key, f"SAE {ctx.sae_slot}"):
         if not ctx.checking:
-            ctx.sae = load_sae(ctx.run.sae(name, layer).path, model=ctx.model, layer=layer, device=ctx.model.device)
+            ctx.sae = ctx.run.load_sae(name, layer, model=ctx.model, device=ctx.model.device)
         return
     _log(f"fitting SAE {ctx.sae_slot} ({s.sae_expansion}x expansion, k={s.sae_k})")
     path = ctx.run.sae_dir(layer, name)
     with ctx.run.lock(f"sae:{layer}"):  # another study or fit-sae on this layer finishes first
         rec = ctx.run.step("sae", ctx.sae_slot)
         if rec is not None and rec.complete and rec.settings == key:  # ... and may have fit this very SAE
-            ctx.sae = load_sae(ctx.run.sae(name, layer).path, model=ctx.model, layer=layer, device=ctx.model.device)
+            ctx.sae = ctx.run.load_sae(name, layer, model=ctx.model, device=ctx.model.device)
             return
         if rec is None or rec.settings != key:  # files of a replaced SAE: its checkpoint must not resume
             shutil.rmtree(path, ignore_errors=True)

@@ -661,6 +661,25 @@ class Run(Publishing, CircuitStore):
             path = str(self.path / path)
         return SAERecord(name, layer, json.loads(config), json.loads(metrics), path)
 
+    def load_sae(self, name: str, layer: str | None = None, *, model=None, device=None):
+        """Load the run's SAE ``name`` (``layer/name``) from its folder inside the run. A record whose
+        path leads outside the run (a received index can say anything) is refused, so opening a run
+        never reads files elsewhere.
+
+        >>> sae = run.load_sae("mixed3b/topk8x_k1", model=model)  # doctest: +SKIP
+        """
+        from ..sae import load_sae
+
+        record = self.sae(name, layer)
+        if not record.path:
+            raise BadInputError(f"the run records SAE {record.layer}/{record.name} but not where its files are")
+        root, where = self.path.resolve(), Path(record.path).resolve()
+        if not where.is_relative_to(root):
+            raise DamagedRunError(f"run {str(self.path)!r} records SAE {record.layer}/{record.name} at {record.path!r}, "
+                                  "outside the run; a run is read only from its own folder (fit the SAE into it again, "
+                                  "or load it yourself and pass sae=)")
+        return load_sae(where, model=model, layer=record.layer, device=device)
+
     def saes(self, layer: str | None = None) -> list[SAERecord]:
         sql, args = ("SELECT * FROM saes WHERE layer = ?", (layer,)) if layer else ("SELECT * FROM saes", ())
         return [self._sae(r) for r in self._rows(sql + " ORDER BY rowid", args)]
