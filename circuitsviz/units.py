@@ -106,15 +106,10 @@ def resolve_sae(unit: Unit | str, *, sae=None, run=None, model=None):
     if run is None:
         raise BadInputError(f"{what} names SAE features: pass sae= (the fitted SAE or its directory) or run= "
                             "(a run that holds it)")
-    from .sae import load_sae
     from .store import Run, open_run
 
     run = run if isinstance(run, Run) else open_run(run)
-    record = run.sae(unit.sae, unit.layer)
-    if not record.path:
-        raise BadInputError(f"the run records SAE {unit.layer}/{unit.sae} but not where its files are")
-    return load_sae(record.path, model=model, layer=unit.layer,
-                    device=getattr(model, "device", None))
+    return run.load_sae(unit.sae, unit.layer, model=model, device=getattr(model, "device", None))
 
 
 def feature_objective(unit: Unit | str, *, sae=None, run=None, model=None):

@@ -138,8 +138,8 @@ def test_report_seconds_survive_a_rerun_that_reuses_everything(copy):
 
 
 @pytest.mark.parametrize("change, match", [
-    (dict(k=0), "--k must be an integer >= 1"),
-    (dict(sae_k=0), "--sae-k must be an integer >= 1"),
+    (dict(k=0), r"^k must be an integer in \[1, 1048576\], got 0$"),
+    (dict(sae_k=0), r"^sae_k must be an integer in \[1, "),
     (dict(sae_k=10_000), "valid: 1..64"),
     (dict(sae_expansion=64, sae_images=20, sae_per_image=1), "needs more samples than features"),
 ])

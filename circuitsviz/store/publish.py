@@ -19,6 +19,7 @@ removes the old results and everything derived from them, so a run never mixes t
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -424,7 +425,8 @@ class Publishing:
     # ------------------------------------------------------------ SAEs and splits
     def add_sae(self, sae, *, path=None, settings: dict | None = None, overwrite: bool = False) -> str:
         """Record an SAE and all its features (their strongest decoder weights). ``path``: where
-        it is saved (``saes/LAYER/NAME`` inside the run by convention). ``settings``: what it was
+        it is saved inside the run; without one, or with one outside the run, the SAE is saved
+        into ``saes/LAYER/NAME``. ``settings``: what it was
         asked to be fit with (default: what ``fit_sae`` recorded). An SAE of the same layer and
         name fit with other settings is refused unless ``overwrite``, which first removes the old
         one's features, examples, visualizations and splits. Returns ``layer/name``.
@@ -442,6 +444,11 @@ class Publishing:
             raise BadInputError(f"SAE {slot} was fit on model {sae.config.model!r}, but this run holds "
                                 f"{self.info().model!r}")
         metrics = sae.metrics.to_dict() if hasattr(sae.metrics, "to_dict") else dict(sae.metrics or {})
+        if path is None or not Path(path).resolve().is_relative_to(self.path.resolve()):
+            # A run holds its own SAEs, so it travels whole and is never read outside its folder.
+            from ..sae import save_sae
+
+            path = save_sae(sae, self.sae_dir(layer, name))
         with self.batch():
             self.put_sae(name, layer, config=sae.config.to_dict(), metrics=metrics, path=path)
             for f in range(sae.n_latents):

@@ -115,6 +115,31 @@ def _check_index(root: Path, index: Path, create: bool) -> None:
     why = _sqlite_damage(index)
     if why:
         raise DamagedRunError(f"the run index {index} is damaged: {why}; " + _REPAIR.format(index=index))
+    _refuse_foreign(index, fresh_ok=create)
+
+
+def _refuse_foreign(index: Path, fresh_ok: bool) -> None:
+    """Refuse an SQLite file that another program made, before anything writes to it: it is read
+    read-only (``mode=ro``), so its tables and journal mode stay exactly as they were. A writer may
+    take a file with no tables at all (created, never committed to)."""
+    try:
+        conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=30.0)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as e:  # locked, unreadable, ...: not damage
+        raise CircuitsvizError(f"cannot open the run index {index}: {e}") from None
+    except sqlite3.DatabaseError as e:
+        raise DamagedRunError(f"the run index {index} is damaged ({e}); " + _REPAIR.format(index=index)) from None
+    if fresh_ok and not tables:
+        return
+    if version == 0 or "meta" not in tables or "units" not in tables:
+        raise DamagedRunError(
+            f"{index} is an SQLite file but not a circuitsviz run index (tables: {', '.join(sorted(tables)) or 'none'}); "
+            "it was opened read-only and left unchanged: give the run a folder of its own"
+        )
 
 
 def _opt_float(v) -> float | None:
@@ -207,13 +232,7 @@ class Run(Publishing, CircuitStore):
                                    check_same_thread=False, timeout=30.0)
             try:
                 conn.execute("PRAGMA busy_timeout = 30000")
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-                if version == 0 or "meta" not in tables or "units" not in tables:
-                    raise DamagedRunError(
-                        f"{index} is an SQLite file but not a circuitsviz run index (tables: "
-                        f"{', '.join(sorted(tables)) or 'none'}); it was opened read-only and left unchanged"
-                    )
+                version = conn.execute("PRAGMA user_version").fetchone()[0]  # not foreign: _check_index
                 if version < SCHEMA_VERSION:  # upgrading would write; a reader changes nothing
                     raise StoreVersionError(f"run {str(self.path)!r} uses the older store schema {version}; "
                                             "open it once for writing (open_run(path, writable=True)) to upgrade it")
@@ -641,6 +660,25 @@ class Run(Publishing, CircuitStore):
         if path is not None and not Path(path).is_absolute():
             path = str(self.path / path)
         return SAERecord(name, layer, json.loads(config), json.loads(metrics), path)
+
+    def load_sae(self, name: str, layer: str | None = None, *, model=None, device=None):
+        """Load the run's SAE ``name`` (``layer/name``) from its folder inside the run. A record whose
+        path leads outside the run (a received index can say anything) is refused, so opening a run
+        never reads files elsewhere.
+
+        >>> sae = run.load_sae("mixed3b/topk8x_k1", model=model)  # doctest: +SKIP
+        """
+        from ..sae import load_sae
+
+        record = self.sae(name, layer)
+        if not record.path:
+            raise BadInputError(f"the run records SAE {record.layer}/{record.name} but not where its files are")
+        root, where = self.path.resolve(), Path(record.path).resolve()
+        if not where.is_relative_to(root):
+            raise DamagedRunError(f"run {str(self.path)!r} records SAE {record.layer}/{record.name} at {record.path!r}, "
+                                  "outside the run; a run is read only from its own folder (fit the SAE into it again, "
+                                  "or load it yourself and pass sae=)")
+        return load_sae(where, model=model, layer=record.layer, device=device)
 
     def saes(self, layer: str | None = None) -> list[SAERecord]:
         sql, args = ("SELECT * FROM saes WHERE layer = ?", (layer,)) if layer else ("SELECT * FROM saes", ())

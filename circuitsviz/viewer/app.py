@@ -88,8 +88,13 @@ def main() -> None:
 
     def as_page(name, fn):
         def run_page():
+            from circuitsviz.errors import CircuitsvizError
+
             st.session_state["_page"] = name
-            fn()
+            try:
+                fn()
+            except CircuitsvizError as e:  # a damaged or tampered record: one line, not a traceback
+                st.error(f"{e} Check the run with `circuitsviz verify`.")
         run_page.__name__ = f"page_{name}"
         return run_page
 
