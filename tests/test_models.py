@@ -336,6 +336,20 @@ def test_pre_relu_maps_that_someone_reads_are_not_overwritten(inception):
     assert torch.equal(mine, before)
 
 
+def test_the_linearised_net_gives_the_same_maps_with_pre_relu_maps_overwritten_or_kept(inception):
+    # circuits.linearised swaps each ReLU's forward for the identity, which must take the
+    # in-place call too; its maps must not depend on which pre-ReLU layers are read.
+    from circuitsviz.circuits.linear import linearised
+
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(11))
+    kept = [n for n in inception.layer_names if n.endswith("_pre_relu") and n.startswith(("conv2d", "mixed3a"))]
+    with linearised(inception.net):
+        plain = inception.activations(x, ["mixed3a"])["mixed3a"]
+        full = inception.activations(x, ["mixed3a"] + kept)["mixed3a"]
+    assert (plain < 0).any()  # the ReLUs really were the identity
+    assert torch.equal(plain, full)
+
+
 def test_an_fx_trace_of_the_net_keeps_every_relu_out_of_place(inception):
     # torchvision's create_feature_extractor freezes the forward into a graph that may return a
     # conv's output (a *_pre_relu layer): the traced ReLUs must not overwrite it.
