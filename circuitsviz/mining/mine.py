@@ -364,6 +364,9 @@ def mine(
                     states.update(new_states({n: tuple(a.shape[1:]) for n, a in acts.items()}, None))
                 for name, a in acts.items():
                     states[name].update(a, idx, lab)
+                # Held into the next batch's forward, these maps (~80 MB at 224 px) would keep the
+                # allocator from reusing their memory there: that forward ran ~6% slower.
+                acts = a = None
                 known = batch.labels[batch.labels >= 0]
                 if len(known):
                     need = int(known.max()) + 1
