@@ -34,14 +34,40 @@ from pathlib import Path
 import numpy as np
 
 from .data import as_dataset
-from .errors import BadInputError, check_list, check_path
+from .errors import BadInputError, check_int, check_list, check_path
 from .models import VisionModel, load_model
 from .units import Unit, sae_name
 
 
+# Each setting's valid range: the range of the function that takes it (render size and steps, mine's
+# k and batch, fit_sae's expansion and steps, the procedural data's n), so a study refuses at
+# construction what its steps would refuse later, after minutes of work. ``None`` in sae_steps and
+# sae_images means "from the data". sae_k's upper bound depends on the model: checked by validate().
+SETTING_RANGES: dict[str, tuple[int, int]] = dict(
+    n_images=(1, 10_000_000), data_seed=(0, 2**63 - 1), vis_size=(16, 4096), vis_steps=(1, 1_000_000),
+    seed=(0, 2**63 - 1), k=(1, 1 << 20), batch_size=(1, 1 << 16), num_workers=(0, 256), sae_expansion=(1, 1024),
+    sae_k=(1, 1 << 24), sae_steps=(1, 10**9), sae_images=(1, 10_000_000), sae_per_image=(1, 1 << 16),
+    n_split=(0, 1 << 16), split_top=(1, 1 << 20), feature_vis=(0, 1 << 20),
+)
+OPTIONAL_SETTINGS = ("sae_steps", "sae_images")
+
+
+def check_settings(values: dict, flags: bool = False) -> None:
+    """Every setting in ``values`` an integer in its range (one line naming the first that is not:
+    ``k``, or ``--k`` with ``flags``, for the command line)."""
+    for name, value in values.items():
+        lo, hi = SETTING_RANGES[name]
+        label = "--" + name.replace("_", "-") if flags else name
+        check_int(label, value, lo, hi, optional=name in OPTIONAL_SETTINGS)
+
+
 @dataclass
 class StudySettings:
-    """Knobs of a study. The defaults suit the bundled demo model on a 2-core CPU."""
+    """Knobs of a study. The defaults suit the bundled demo model on a 2-core CPU.
+
+    Every field is checked when the settings are made (:data:`SETTING_RANGES`), so a bad value
+    fails at once, not when the study reaches the step that uses it.
+    """
 
     n_images: int = 2000          # procedural data only: how many images to generate
     data_seed: int = 1            # procedural data only (the demo model trained on other seeds)
@@ -59,6 +85,12 @@ class StudySettings:
     n_split: int = 3              # channels to split when none are named: the most polysemantic
     split_top: int = 12           # features listed per split
     feature_vis: int = 8          # features per split channel to visualize
+
+    def __post_init__(self) -> None:
+        check_settings(self.values())
+
+    def values(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
@@ -147,16 +179,9 @@ def validate(model: VisionModel, layers: list[str], channels: list[int] | None, 
         for c in vis_channels or []:
             model.check_channel(layer, c)
     s = settings or StudySettings()
-    at_least = dict(n_images=1, vis_size=16, vis_steps=1, k=1, batch_size=1, sae_expansion=1, sae_k=1,
-                    sae_steps=1, sae_images=1, sae_per_image=1, n_split=0, split_top=1, feature_vis=0,
-                    num_workers=0, seed=0, data_seed=0)
-    for f in fields(StudySettings):
-        value = getattr(s, f.name)
-        if value is None and f.name in ("sae_steps", "sae_images"):
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < at_least.get(f.name, 0):
-            raise BadInputError(f"--{f.name.replace('_', '-')} must be an integer >= {at_least.get(f.name, 0)}, "
-                                f"got {value!r}")
+    if not isinstance(s, StudySettings):
+        raise BadInputError(f"settings must be a StudySettings, got {s!r:.80}")
+    check_settings(s.values())  # again: a field may have been changed since it was made
     latents = s.sae_expansion * model.channels(sae_layer)
     if s.sae_k > latents:
         raise BadInputError(f"--sae-k {s.sae_k} is more than the SAE's {latents} features "
@@ -211,10 +236,12 @@ class StudyContext:
     def sae_slot(self) -> str:
         return f"{self.sae_layer}/{self.sae_name}"
 
-    def vis_settings(self) -> dict:
+    def vis_settings(self, **extra) -> dict:
+        """The visualization step's settings; ``extra``: a kind's own (``diversity``, ...)."""
         from .store.steps import planned_vis_key
 
-        return planned_vis_key(size=self.settings.vis_size, steps=self.settings.vis_steps, seed=self.settings.seed)
+        return planned_vis_key(size=self.settings.vis_size, steps=self.settings.vis_steps, seed=self.settings.seed,
+                               **{k: v for k, v in extra.items() if k != "negative"})
 
     def sae_settings(self) -> dict:
         from .sae import Sampler
@@ -337,13 +364,14 @@ def visualize_channels(ctx: StudyContext) -> None:
         _visualize(ctx, vis_slot(Unit(layer, 0), "positive"), f"visualizations of {layer}", ids)
 
 
-def _visualize(ctx: StudyContext, slot: str, what: str, ids: list[str]) -> None:
+def _visualize(ctx: StudyContext, slot: str, what: str, ids: list[str], **extra) -> None:
+    """Render ``ids`` at the study's settings; ``extra``: the kind's own (``negative=True``, ``diversity=w``)."""
     s = ctx.settings
-    ctx.state("vis", slot, ctx.vis_settings(), what)  # other settings: refused now, before any work
+    ctx.state("vis", slot, ctx.vis_settings(**extra), what)  # other settings: refused now, before any work
     if ctx.checking or not ids:
         return
     n = ctx.run.visualize(ctx.model, ids, size=s.vis_size, steps=s.vis_steps, seed=s.seed, progress=ctx.progress,
-                          overwrite=ctx.overwrite)
+                          overwrite=ctx.overwrite, **extra)
     if n:
         ctx.computed = True
         _log(f"{what}: rendered {n} images ({s.vis_steps} steps, {s.vis_size} px)")
@@ -373,20 +401,20 @@ def _mine(ctx: StudyContext, layers: list[str]) -> None:
 
 def fit(ctx: StudyContext) -> None:
     """An SAE on the SAE layer, named by :func:`~circuitsviz.units.sae_name`."""
-    from .sae import Sampler, fit_sae, load_sae
+    from .sae import Sampler, fit_sae
 
     s, layer, name = ctx.settings, ctx.sae_layer, ctx.sae_name
     key = ctx.sae_settings()
     if not ctx.todo("sae", ctx.sae_slot, key, f"SAE {ctx.sae_slot}"):
         if not ctx.checking:
-            ctx.sae = load_sae(ctx.run.sae(name, layer).path, model=ctx.model, layer=layer, device=ctx.model.device)
+            ctx.sae = ctx.run.load_sae(name, layer, model=ctx.model, device=ctx.model.device)
         return
     _log(f"fitting SAE {ctx.sae_slot} ({s.sae_expansion}x expansion, k={s.sae_k})")
     path = ctx.run.sae_dir(layer, name)
     with ctx.run.lock(f"sae:{layer}"):  # another study or fit-sae on this layer finishes first
         rec = ctx.run.step("sae", ctx.sae_slot)
         if rec is not None and rec.complete and rec.settings == key:  # ... and may have fit this very SAE
-            ctx.sae = load_sae(ctx.run.sae(name, layer).path, model=ctx.model, layer=layer, device=ctx.model.device)
+            ctx.sae = ctx.run.load_sae(name, layer, model=ctx.model, device=ctx.model.device)
             return
         if rec is None or rec.settings != key:  # files of a replaced SAE: its checkpoint must not resume
             shutil.rmtree(path, ignore_errors=True)
@@ -410,7 +438,10 @@ def split(ctx: StudyContext) -> None:
     ctx.split_channels = ctx.channels or _most_polysemantic(ctx.run, ctx.sae_layer, s.n_split)
     for c in ctx.split_channels:
         rec = ctx.run.step("split", f"{ctx.sae_slot}:{c}")
-        if rec is not None and rec.complete and rec.settings == {"top": s.split_top}:
+        old = ctx.run.split(ctx.sae_layer, c, ctx.sae_name)
+        # a split stored before runs kept its totals (store schema < 5) is split again, to record them
+        if rec is not None and rec.complete and rec.settings == {"top": s.split_top} and old is not None \
+                and old.explained is not None:
             _log(f"split of {ctx.sae_layer}:{c}: done already")
         else:
             ctx.computed = True
@@ -440,6 +471,45 @@ def visualize_features(ctx: StudyContext) -> None:
                f"visualizations of {ctx.sae_slot}", wanted)
 
 
+# The unit page's other views of a split channel, beside its positive render: what minimises it,
+# several different images that excite it (Lucid's diversity objective at a weight from its
+# examples, FACTS.md), and the one neuron at the centre of its feature map.
+SPLIT_CHANNEL_VIS = {"negative": dict(negative=True), "diversity": dict(diversity=100.0), "neuron": {}}
+
+
+def visualize_split_channels(ctx: StudyContext) -> None:
+    """Negative, diversity and centre-neuron renders of each split channel."""
+    from .store.publish import vis_slot
+
+    layer = ctx.sae_layer
+    centre = None if ctx.checking else _centre(ctx.model, layer, ctx.settings.vis_size)
+    for kind, extra in SPLIT_CHANNEL_VIS.items():
+        ids = [Unit(layer, c, pos=centre if kind == "neuron" else None).id for c in ctx.split_channels]
+        _visualize(ctx, vis_slot(Unit(layer, 0), kind),
+                   f"{kind} visualizations of the split channels of {layer}", ids, **extra)
+
+
+def _centre(model, layer: str, size: int) -> tuple[int, int]:
+    """The centre of ``layer``'s feature map for a ``size`` px image (where a render is scored),
+    as ``circuitsviz visualize --neuron`` picks it at the model's own size."""
+    shape = model.layer_shapes([layer], input_size=size)[layer]
+    return shape[1] // 2, shape[2] // 2
+
+
+def prerender_examples(ctx: StudyContext) -> None:
+    """Draw the example crops of the split channels and their features now, into the user's render
+    cache, so the viewer's first look at the compare, unit and feature pages draws nothing."""
+    from .store.render import prerender
+
+    if ctx.checking:
+        return
+    ids = [Unit(ctx.sae_layer, c).id for c in ctx.split_channels]
+    ids += [u for ranked in ctx.split_features for u in ranked if u not in ids]
+    t0 = time.time()
+    n = prerender(ctx.run, ids)
+    _log(f"example views of {len(ids)} split units ready ({n} views, {time.time() - t0:.1f} s)")
+
+
 def circuits(ctx: StudyContext) -> None:
     """Circuits (weights from the layer before) and faithfulness of each split channel and its top features."""
     from .circuits.study import circuits_step
@@ -449,7 +519,8 @@ def circuits(ctx: StudyContext) -> None:
 
 # The pipeline, in order. A step is a function of the context; add one to extend the study.
 STEPS: list[Callable[[StudyContext], None]] = [
-    visualize_channels, mine_channels, fit, split, mine_features, visualize_features, circuits,
+    visualize_channels, mine_channels, fit, split, mine_features, visualize_features, visualize_split_channels,
+    prerender_examples, circuits,
 ]
 
 

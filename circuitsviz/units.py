@@ -79,11 +79,18 @@ def sae_name(kind: str = "topk", expansion: int = 8, k: int | None = 32) -> str:
 
 
 def resolve_sae(unit: Unit | str, *, sae=None, run=None, model=None):
-    """The SAE a feature id such as ``mixed3b/topk8x_k1:17`` names: ``sae`` itself (checked against
-    the id), or the one the run ``run`` (a :class:`Run` or its path) recorded under that name."""
+    """The SAE a feature id such as ``mixed3b/topk8x_k1:17`` (or a feature layer such as
+    ``mixed3b/topk8x_k1``) names: ``sae`` itself (checked against the id), or the one the run
+    ``run`` (a :class:`Run` or its path) recorded under that name."""
     if not isinstance(unit, (str, Unit)):
         raise BadInputError(f"a feature is a unit id such as 'mixed3b/topk8x_k1:17', got {unit!r:.60}")
-    unit = Unit.parse(unit) if isinstance(unit, str) else unit
+    if isinstance(unit, str) and ":" not in unit and "/" in unit:  # a feature layer: its SAE is the same
+        layer, _, name = unit.partition("/")
+        unit = Unit(layer, 0, sae=name)
+        what = f"{layer}/{name}"
+    else:
+        unit = Unit.parse(unit) if isinstance(unit, str) else unit
+        what = unit.id
     if unit.sae is None:
         raise BadInputError(f"{unit.id} is not an SAE feature (those read 'layer/sae:index')")
     if isinstance(sae, (str, Path)):  # an SAE's directory, as fit_sae(out=...) or a run writes it
@@ -94,19 +101,15 @@ def resolve_sae(unit: Unit | str, *, sae=None, run=None, model=None):
         if not hasattr(sae, "decoder_direction"):
             raise BadInputError(f"sae= must be a fitted SAE or its directory, got {sae!r:.60}")
         if (sae.layer, sae.name) != (unit.layer, unit.sae):
-            raise BadInputError(f"{unit.id} names SAE {unit.layer}/{unit.sae}, but sae= is {sae.layer}/{sae.name}")
+            raise BadInputError(f"{what} names SAE {unit.layer}/{unit.sae}, but sae= is {sae.layer}/{sae.name}")
         return sae
     if run is None:
-        raise BadInputError(f"{unit.id} is an SAE feature: pass sae=THE_SAE or run=RUN (whose index knows it)")
-    from .sae import load_sae
+        raise BadInputError(f"{what} names SAE features: pass sae= (the fitted SAE or its directory) or run= "
+                            "(a run that holds it)")
     from .store import Run, open_run
 
     run = run if isinstance(run, Run) else open_run(run)
-    record = run.sae(unit.sae, unit.layer)
-    if not record.path:
-        raise BadInputError(f"the run records SAE {unit.layer}/{unit.sae} but not where its files are")
-    return load_sae(record.path, model=model, layer=unit.layer,
-                    device=getattr(model, "device", None))
+    return run.load_sae(unit.sae, unit.layer, model=model, device=getattr(model, "device", None))
 
 
 def feature_objective(unit: Unit | str, *, sae=None, run=None, model=None):

@@ -65,7 +65,8 @@ def test_a_schema_2_run_is_upgraded_keeping_its_rows(tmp_path):
     path.mkdir()
     conn = sqlite3.connect(path / "index.sqlite")
     # the previous version's schema is today's without the circuit tables
-    conn.executescript(schema.SCHEMA.replace(schema.CIRCUIT_TABLES, "") + "PRAGMA user_version = 2;")
+    conn.executescript(schema.SCHEMA.replace(schema.CIRCUIT_TABLES, "").replace(schema.SPLIT_TOTALS, "")
+                       + "PRAGMA user_version = 2;")
     conn.execute("INSERT INTO units VALUES ('mixed3b:4', 'mixed3b', 4, 'channel', NULL, NULL, NULL)")
     conn.execute("INSERT INTO done VALUES ('mine', 'mixed3b', 1.0, '{\"k\": 8}', 1)")
     conn.commit()
@@ -77,7 +78,7 @@ def test_a_schema_2_run_is_upgraded_keeping_its_rows(tmp_path):
         run.add_circuit(_circuit())
         run.add_faithfulness(_faithfulness())
     with open_run(path) as run:
-        assert run._rows("PRAGMA user_version")[0][0] == schema.SCHEMA_VERSION == 3
+        assert run._rows("PRAGMA user_version")[0][0] == schema.SCHEMA_VERSION == 5
         assert run.circuit("mixed3b:4", source="mixed3a").to_rows() == _circuit().to_rows()
 
 

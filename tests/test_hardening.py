@@ -5,6 +5,7 @@ bad values are built by hand, and what must not happen (a marker file written by
 changed in a foreign file, a download kept) is checked directly on disk.
 """
 
+import contextlib
 import http.server
 import io
 import math
@@ -527,3 +528,267 @@ def test_split_refuses_a_top_that_would_record_an_empty_or_clipped_split(top):
     sae = fit_sae(None, x, "toy", expansion=1, k=1, steps=2, batch_size=20, progress=False)
     with pytest.raises(BadInputError, match=f"top must be an integer >= 1, got {top}"):
         split_channel(sae, 0, data=x, top=top)
+
+
+# ------------------------------------------------------------------ a hostile run directory, end to end
+# A run received from someone else, opened by `study` (API and CLI), `fit-sae`, `open_run` and the
+# viewer. Every file Python opens while it runs is recorded by an audit hook, so "nothing outside
+# the run is read" is checked directly, not inferred from what is shown.
+_OPENED: list[str] | None = None
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _OPENED is None or event not in ("open", "sqlite3.connect") or not args:
+        return
+    path = args[0]
+    if isinstance(path, (str, bytes, os.PathLike)):
+        path = os.fsdecode(path)
+        if path.startswith("file:"):  # an SQLite URI
+            from urllib.parse import unquote
+
+            path = unquote(path[5:].split("?")[0])
+        _OPENED.append(os.path.abspath(path))
+
+
+_HOOKED = False
+
+
+@contextlib.contextmanager
+def files_opened():
+    """The absolute paths of every file opened (``open``, ``os.open``, ``sqlite3.connect``) inside."""
+    global _OPENED, _HOOKED
+    if not _HOOKED:  # an audit hook cannot be removed: one, switched on only inside this block
+        sys.addaudithook(_audit)
+        _HOOKED = True
+    _OPENED = opened = []
+    try:
+        yield opened
+    finally:
+        _OPENED = None
+
+
+def _outside_of(opened: list[str], root: Path, allowed: list[Path]) -> list[str]:
+    """The paths under ``root`` (the test's folder) that lie in none of ``allowed``."""
+    return sorted({p for p in opened if Path(p).is_relative_to(root)
+                   and not any(Path(p).is_relative_to(a) for a in allowed)})
+
+
+def _snapshot(folder: Path) -> dict:
+    """Bytes and mtime of every file, but the -shm/-wal side files a WAL reader shares by design."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith("index.sqlite-")}
+
+
+class _Marker:
+    """Unpickling this writes ``path``: proof that code ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.path, "pwned"))
+
+
+TINY_STUDY = dict(n_images=4, vis_size=16, vis_steps=2, k=2, batch_size=4, sae_expansion=1, sae_k=1, sae_steps=2,
+                  sae_per_image=64, n_split=1, split_top=2, feature_vis=1)
+SAE_DIR = Path("saes/mixed3a/topk1x_k1")
+
+
+@pytest.fixture(scope="module")
+def received(tmp_path_factory):
+    """A finished tiny study (the run someone sends), its data, and a sentinel folder beside it:
+    a PNG of unique bytes and a foreign SQLite file, which nothing may read or change."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("hostile")
+    data = root / "data"
+    for i, name in enumerate(("cat", "dog")):
+        (data / name).mkdir(parents=True)
+        for j in range(2):
+            Image.new("RGB", (64, 64), (40 * i + 10 * j, 90, 160)).save(data / name / f"{j}.png")
+    outside = root / "outside"
+    outside.mkdir()
+    Image.fromarray(np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3) * 3 + 1).save(outside / "secret.png")
+    foreign = root / "foreign"
+    foreign.mkdir()
+    with contextlib.closing(sqlite3.connect(foreign / "index.sqlite")) as conn, conn:
+        conn.execute("CREATE TABLE secrets (x)")
+        conn.execute("INSERT INTO secrets VALUES ('keep me')")
+    _study_api(root / "clean", data)
+    assert (root / "clean" / SAE_DIR / "checkpoint.safetensors").is_file()  # what a tampered copy replaces
+    return root
+
+
+def _study_api(out: Path, data: Path):
+    from circuitsviz.study import StudySettings, study
+
+    return study("demo", str(data), out=out, layers=["mixed3a"], channels=[0], vis_channels=[0], pretrained=False,
+                 settings=StudySettings(**TINY_STUDY), progress=False)
+
+
+def _study_cli(out: Path, data: Path) -> tuple[int, str]:
+    from circuitsviz.cli import main
+
+    flags = [x for k, v in TINY_STUDY.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["study", "--model", "demo", "--no-pretrained", "--data", str(data), "--layers", "mixed3a",
+                   "--channels", "0", "--vis-channels", "0", "--out", str(out), *flags])
+    return rc, err.getvalue()
+
+
+def _one_error_line(text: str) -> str:
+    """The error line of a failed command, checked to be the only one and traceback-free."""
+    assert "Traceback" not in text
+    errors = [ln for ln in text.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and errors[0] == text.strip().splitlines()[-1], text
+    return errors[0]
+
+
+def _tampered(received: Path, name: str, tamper) -> Path:
+    import shutil
+
+    run = received / name
+    shutil.copytree(received / "clean", run)
+    with contextlib.closing(sqlite3.connect(run / "index.sqlite")) as conn, conn:
+        tamper(conn, run)
+    return run
+
+
+def _pickled_checkpoint(conn, run: Path) -> None:
+    """The SAE step left unfinished, its checkpoint a pickle whose payload writes a marker."""
+    (run / SAE_DIR / "checkpoint.safetensors").unlink()
+    torch.save({"settings_hash": "x", "evil": _Marker(run.parent / f"MARKER-{run.name}")}, run / SAE_DIR / "checkpoint.pt")
+    conn.execute("UPDATE done SET complete = 0 WHERE step = 'sae'")
+
+
+def _traversal_records(conn, run: Path) -> None:
+    """Records that name the sentinel PNG: an absolute blob hash and image ids that climb out."""
+    secret = run.parent / "outside" / "secret.png"
+    conn.execute("UPDATE visualizations SET sha256 = ?", (str(secret),))
+    conn.execute("UPDATE examples SET image_id = ?", ("../outside/secret.png",))
+    conn.execute("UPDATE quantile_examples SET image_id = ?", (str(secret),))
+
+
+def _sae_recorded_outside(conn, run: Path) -> None:
+    """The finished SAE's record points at a copy of it outside the run."""
+    import shutil
+
+    elsewhere = run.parent / "outside" / f"sae-{run.name}"
+    shutil.copytree(run / SAE_DIR, elsewhere)
+    conn.execute("UPDATE saes SET path = ?", (str(elsewhere),))
+
+
+@pytest.mark.parametrize("entry", ["api", "cli"])
+@pytest.mark.parametrize("tamper, refusal", [(_pickled_checkpoint, "refused to load .*checkpoint.pt"),
+                                             (_traversal_records, "is not 64 hex digits"),
+                                             (_sae_recorded_outside, "outside the run; a run is read only from its own folder")])
+def test_study_on_a_hostile_run_refuses_it_runs_no_code_and_touches_nothing_outside(received, entry, tamper,
+                                                                                    refusal):
+    """``refusal``: the one-line error expected (None: a refusal or a result, reading only the run)."""
+    run = _tampered(received, f"{tamper.__name__}-{entry}", tamper)
+    outside = _snapshot(received / "outside") | _snapshot(received / "foreign") | _snapshot(received / "data")
+    with files_opened() as opened:
+        if entry == "api":
+            with pytest.raises(CircuitsvizError, match=refusal) if refusal else contextlib.suppress(CircuitsvizError):
+                _study_api(run, received / "data")
+        else:
+            rc, err = _study_cli(run, received / "data")
+            assert (rc, refusal) == (0, None) or rc == 2 and re.search(refusal or "", _one_error_line(err))
+    assert not list(received.glob("MARKER-*"))
+    assert str(run / "index.sqlite") in opened  # the hook saw the study's reads ...
+    assert _outside_of(opened, received, [run, received / "data"]) == []  # ... and none outside the run
+    assert _snapshot(received / "outside") | _snapshot(received / "foreign") | _snapshot(received / "data") == outside
+
+
+def test_a_foreign_sqlite_file_is_refused_by_every_entry_point_and_left_byte_identical(received, tmp_path,
+                                                                                       monkeypatch):
+    from circuitsviz.cli import main
+
+    monkeypatch.setenv("CIRCUITSVIZ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CIRCUITSVIZ_RUN", "")  # restored after the viewer sets it
+
+    foreign = received / "foreign"
+    before = _snapshot(foreign)
+    with files_opened() as opened:
+        with pytest.raises(DamagedRunError, match="not a circuitsviz run index.*left unchanged"):
+            _study_api(foreign, received / "data")
+        rc, err = _study_cli(foreign, received / "data")
+        assert rc == 2 and "not a circuitsviz run index" in _one_error_line(err)
+        for create in (False, True):
+            with pytest.raises(DamagedRunError, match="not a circuitsviz run index"):
+                open_run(foreign, create=create)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = main(["fit-sae", "--model", "demo", "--no-pretrained", "--data", str(received / "data"), "--layer",
+                       "mixed3a", "--out", str(foreign), "--expansion", "1", "--k", "1", "--steps", "2",
+                       "--batch-size", "16", "--images", "4", "--no-progress"])
+        assert rc == 2 and "not a circuitsviz run index" in _one_error_line(err.getvalue())
+        at = _viewer(foreign, "layer")
+        assert not at.exception and any("not a circuitsviz run index" in str(e.value) for e in at.error)
+    assert _snapshot(foreign) == before  # bytes and mtimes
+    assert sorted(p.name for p in foreign.iterdir()) == ["index.sqlite"]  # no journal, lock or run folder
+    assert _outside_of(opened, received, [foreign, received / "data"]) == []
+
+
+def _viewer(run: Path, page: str, **params):
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["CIRCUITSVIZ_RUN"] = str(run)  # what `circuitsviz serve RUN` passes on
+    at = AppTest.from_file(str(ROOT / "apps" / "viewer.py"), default_timeout=60)
+    at.query_params.update({"page": page, **params})
+    return at.run()
+
+
+def test_the_viewer_on_a_hostile_run_shows_nothing_from_outside_it_and_runs_no_code(tmp_path, monkeypatch):
+    import base64
+
+    from circuitsviz.store.synthetic import write_synthetic_run
+
+    monkeypatch.setenv("CIRCUITSVIZ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CIRCUITSVIZ_RUN", "")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3) * 5 + 2).save(outside / "secret.png")
+    secret = (outside / "secret.png").read_bytes()
+    fake = write_synthetic_run(tmp_path / "run", channels={"mixed4e": 5}, n_features=2)
+    sae_dir = fake.path / "saes" / "mixed4e" / fake.sae
+    sae_dir.mkdir(parents=True)
+    for name in ("checkpoint.pt", "sae.pt", "model.pt"):
+        torch.save({"evil": _Marker(tmp_path / "MARKER")}, sae_dir / name)
+    with contextlib.closing(sqlite3.connect(fake.path / "index.sqlite")) as conn:
+        with conn:
+            conn.execute("UPDATE visualizations SET sha256 = ? WHERE unit_id = 'mixed4e:1' AND kind = 'positive'",
+                         (str(outside / "secret.png"),))
+            conn.execute("UPDATE visualizations SET sha256 = ? WHERE unit_id = 'mixed4e:2' AND kind = 'positive'",
+                         ("../../../outside/secret",))
+            conn.execute("UPDATE examples SET image_id = ? WHERE unit_id = 'mixed4e:3' AND rank = 0",
+                         ("../../outside/secret.png",))
+            conn.execute("UPDATE examples SET image_id = ? WHERE unit_id = 'mixed4e:3' AND rank = 1",
+                         (str(outside / "secret.png"),))
+            conn.execute("UPDATE quantile_examples SET image_id = ? WHERE unit_id = 'mixed4e:3'",
+                         ("../../outside/secret.png",))
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # so that "unchanged" below is about the index file
+    before, sentinel = _snapshot(fake.path), _snapshot(outside)
+    shown = []
+    with files_opened() as opened:
+        for page, params in [("layer", {}), ("unit", {"unit": "mixed4e:1"}), ("unit", {"unit": "mixed4e:2"}),
+                             ("unit", {"unit": "mixed4e:3"}), ("compare", {}), ("feature", {"unit": fake.features[0]}),
+                             ("circuit", {"unit": "mixed4e:3"})]:
+            at = _viewer(fake.path, page, **params)
+            shown.append((page, params, at))
+    assert not (tmp_path / "MARKER").exists()
+    assert any(Path(p).is_relative_to(fake.path / "images") for p in opened)  # the hook saw the pages' reads
+    assert _outside_of(opened, tmp_path, [fake.path, tmp_path / "cache"]) == []
+    assert _snapshot(outside) == sentinel and _snapshot(fake.path) == before
+    b64 = base64.b64encode(secret).decode()
+    for page, params, at in shown:
+        body = "\n".join(str(e.proto) for kind in ("html", "imgs", "markdown") for e in at.main.get(kind))
+        assert b64 not in body, (page, params)
+    # the refused records are named where they are shown, not silently swapped for other files
+    unit1 = " ".join(str(e.value) for e in [*shown[1][2].error, *shown[1][2].exception])
+    assert "is not 64 hex digits" in unit1
+    # ... in one line on every page, never as a traceback
+    assert all(not at.exception for _, _, at in shown), [(p, q) for p, q, at in shown if at.exception]

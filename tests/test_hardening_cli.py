@@ -1,13 +1,22 @@
 """A generated bad-input suite over every CLI subcommand (issue 15).
 
 The table comes from the argparse definitions: for every leaf subcommand a cheap valid command
-line is written by hand once (``BASE``), and every option or positional that takes a value is
-then given, one at a time, each string of ``BAD``. Every case runs ``circuitsviz.cli.main``
-in-process and must either succeed, or exit non-zero with one error line (the last on stderr,
-after argparse's usage or a job's progress lines) and no traceback; no case may hang
-(``CASE_SECONDS``). Launching the viewer (``serve``, ``demo``) is intercepted: reaching the launch
-counts as success. The values depend on the option's argparse type, so that text argparse
-already refuses for an ``int`` option is tried once, not eleven times.
+line is written by hand once (``BASE``, checked to succeed), and every option or positional that
+takes a value is then given, one at a time, each string of ``BAD``. Every case runs
+``circuitsviz.cli.main`` in-process and must either succeed, or exit non-zero with one error line
+(the last on stderr, after argparse's usage or a job's progress lines) and no traceback; no case
+may hang (``CASE_SECONDS``). Launching the viewer (``serve``, ``demo``) is intercepted: reaching
+the launch counts as success. The values depend on the option's argparse type, so that text
+argparse already refuses for an ``int`` option is tried once, not eleven times.
+
+One test item tries every value of one option, each in a scratch folder of its own. A ``study``
+or ``fit-sae`` case starts from a copy of the base command's finished run, as a user's second
+command would: a value that keeps the settings reuses it, and a new ``--out`` or SAE name computes
+afresh. A value the copy refuses as a changed setting runs again in an empty folder, so every value
+still reaches the code a first run would. The parser is built once per item (``main`` would build
+the same one per call). A few cases also run as real processes
+(``test_a_real_process_writes_one_line_and_no_traceback``): in-process runs cannot see what the
+interpreter itself prints on the way out.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ BAD = {  # by argparse type; huge values are the API suite's (tests/test_hardeni
     float: ["0", "-1", "nan", "inf"],
     None: ["0", "banana", "../../x/y", "/proc/nope", ""],
 }
-pytestmark = pytest.mark.slow  # about 600 in-process commands: ~2 min on a 2-core machine
+pytestmark = pytest.mark.slow  # about 520 in-process commands and two real processes
 
 DEMO = ["--model", "demo", "--no-pretrained"]
 BASE = {
@@ -86,8 +95,7 @@ def _cases():
     for command, parser in leaves(_parser()):
         for action in value_actions(parser):
             name = action.option_strings[0] if action.option_strings else action.dest
-            for bad in BAD.get(action.type, BAD[None]):
-                yield pytest.param(command, name, bad, id=f"{command}-{name}-{bad!r}")
+            yield pytest.param(command, name, id=f"{command}-{name}")
 
 
 def test_every_subcommand_has_a_base_command_line():
@@ -114,7 +122,7 @@ def _with(template: list[str], argv: list[str], action: argparse.Action, value: 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A tiny image folder, a mining shard and a run with an SAE, made once."""
+    """A tiny image folder, a mining shard, a run with an SAE and a finished base study, made once."""
     from PIL import Image
 
     import circuitsviz as cv
@@ -133,72 +141,148 @@ def world(tmp_path_factory):
     run = tmp / "run"
     fmt = dict(tmp=str(tmp), data=str(data), run=str(run), shard=str(shard))
     assert main([a.format(**fmt) for a in BASE["fit-sae"]][:-1] + ["--out", str(run), "--no-progress"]) == 0
-    return fmt
+    (tmp / "base").mkdir()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        for command in SEEDED:
+            assert main([a.format(**{**fmt, "tmp": str(tmp / "base")}) for a in BASE[command]]) == 0
+    return {**fmt, "base": tmp / "base"}
 
 
-@pytest.mark.parametrize("command, option, bad", list(_cases()))
-def test_bad_value_exits_with_one_line_or_succeeds_and_never_hangs(command, option, bad, world, tmp_path,
-                                                                   monkeypatch):
-    from circuitsviz.cli import main
+# command -> the folder its base command line writes, copied into a case's scratch folder first
+SEEDED = {"study": "study", "fit-sae": "fit"}
 
-    monkeypatch.chdir(tmp_path)  # relative path-shaped values land in the scratch folder
 
-    def launched(*a, **k):
-        raise _Launched
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Starting the viewer or another process raises ``_Launched`` instead; and ``main`` reuses one
+    parser (argparse keeps no state between parses; building it is most of a refused case's time)."""
+    import circuitsviz.cli
 
+    parser = circuitsviz.cli.build_parser()
+    monkeypatch.setattr(circuitsviz.cli, "build_parser", lambda: parser)
     for target in ("call", "run", "Popen"):
-        monkeypatch.setattr(subprocess, target, launched)
+        monkeypatch.setattr(subprocess, target, _launched)
     for target in ("execv", "execvp", "execvpe", "execve"):
-        monkeypatch.setattr(os, target, launched)
-    if command == "demo":  # the full demo study takes minutes; its checks are the study's
-        import circuitsviz.study as study_module
+        monkeypatch.setattr(os, target, _launched)
 
-        monkeypatch.setattr(study_module, "study", launched)
-        for mod in ("circuitsviz.cli.study", "circuitsviz.cli.demo"):
-            module = __import__(mod, fromlist=["x"]) if _importable(mod) else None
-            if module is not None and hasattr(module, "study"):
-                monkeypatch.setattr(module, "study", launched)
 
-    parser = dict(leaves(_parser()))[command]
-    action = next(a for a in value_actions(parser)
-                  if (a.option_strings[0] if a.option_strings else a.dest) == option)
-    fmt = {**world, "tmp": str(tmp_path)}
-    argv = _with(BASE[command], [a.format(**fmt) for a in BASE[command]], action, bad)
+def _launched(*a, **k):
+    raise _Launched
+
+
+def _no_demo_study(monkeypatch) -> None:
+    """The full demo study takes minutes; its checks are the study's, fuzzed as ``study``."""
+    import circuitsviz.cli.study as cli_study
+
+    monkeypatch.setattr(cli_study, "study", _launched)
+
+
+def _in_scratch(command: str, world: dict, scratch: Path, monkeypatch, seed: bool = True) -> dict:
+    """The format values for one case run in ``scratch`` (its working directory)."""
+    import shutil
+
+    scratch.mkdir()
+    monkeypatch.chdir(scratch)  # relative path-shaped values land in the scratch folder
+    if seed and command in SEEDED:  # a second command on the finished base run: see the module doc
+        shutil.copytree(world["base"] / SEEDED[command], scratch / SEEDED[command])
+    return {**world, "tmp": str(scratch)}
+
+
+def _run(argv: list[str]) -> tuple[int | None, str]:
+    """``main(argv)`` in this process: its exit code (0 where a launch was reached) and stderr."""
+    from circuitsviz.cli import main
 
     def on_alarm(*_):
         raise TimeoutError
 
-    err, out = io.StringIO(), io.StringIO()
+    err = io.StringIO()
     old = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, CASE_SECONDS)
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             rc = main(argv)
     except SystemExit as e:  # argparse
         rc = e.code
     except _Launched:
         rc = 0
     except TimeoutError:
-        pytest.fail(f"circuitsviz {' '.join(argv)} ran for more than {CASE_SECONDS} s")
+        raise AssertionError(f"circuitsviz {' '.join(argv)} ran for more than {CASE_SECONDS} s") from None
     except Exception as e:  # noqa: BLE001 - this would reach the user as a traceback
-        pytest.fail(f"circuitsviz {' '.join(argv)} raised {type(e).__name__}: {e}")
+        raise AssertionError(f"circuitsviz {' '.join(argv)} raised {type(e).__name__}: {e}") from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+    return rc, err.getvalue()
+
+
+def _problem(argv: list[str], rc, text: str) -> str | None:
+    """What is wrong with a command's exit and stderr (None: success, or one clean error line)."""
     if rc in (0, None):
-        return
-    text = err.getvalue()
-    assert "Traceback" not in text
+        return None
     # Progress lines may come first (a study logs its steps); the error is one line, the last.
     errors = [ln for ln in text.splitlines() if "error" in ln.lower()]
     last = text.strip().splitlines()[-1] if text.strip() else ""
-    assert len(errors) == 1 and errors[0] == last, f"circuitsviz {' '.join(argv)} (exit {rc}) wrote:\n{text}"
+    if "Traceback" in text or len(errors) != 1 or errors[0] != last:
+        return f"circuitsviz {' '.join(argv)} (exit {rc}) wrote:\n{text}"
+    return None
 
 
-def _importable(name: str) -> bool:
-    import importlib.util
+def test_every_base_command_line_succeeds(world, tmp_path, monkeypatch, no_launch):
+    """The cases change one value of a command that works: a failing base would check nothing."""
+    failed = {}
+    for command, template in BASE.items():
+        with monkeypatch.context() as m:
+            if command == "demo":
+                _no_demo_study(m)
+            fmt = _in_scratch(command, world, tmp_path / command.replace(" ", "-"), m)
+            argv = [a.format(**fmt) for a in template]
+            rc, err = _run(argv)
+        if rc not in (0, None):
+            failed[command] = err.strip()
+    assert failed == {}
 
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
+
+@pytest.mark.parametrize("command, option", list(_cases()))
+def test_bad_values_exit_with_one_line_or_succeed_and_never_hang(command, option, world, tmp_path, monkeypatch,
+                                                                 no_launch):
+    if command == "demo":
+        _no_demo_study(monkeypatch)
+    parser = dict(leaves(_parser()))[command]
+    action = next(a for a in value_actions(parser)
+                  if (a.option_strings[0] if a.option_strings else a.dest) == option)
+    from circuitsviz.store.steps import OVERWRITE_HINT
+
+    problems = []
+    for i, bad in enumerate(BAD.get(action.type, BAD[None])):
+        fmt = _in_scratch(command, world, tmp_path / str(i), monkeypatch)
+        argv = _with(BASE[command], [a.format(**fmt) for a in BASE[command]], action, bad)
+        rc, err = _run(argv)
+        if command in SEEDED and OVERWRITE_HINT in err:  # a changed setting: do what a first run does
+            problems.append(_problem(argv, rc, err))
+            fmt = _in_scratch(command, world, tmp_path / f"{i}-fresh", monkeypatch, seed=False)
+            argv = _with(BASE[command], [a.format(**fmt) for a in BASE[command]], action, bad)
+            rc, err = _run(argv)
+        problems.append(_problem(argv, rc, err))
+    assert [p for p in problems if p] == []
+
+
+# Real processes, for what in-process runs cannot see: the interpreter's own output on the way out.
+# Two, run side by side (each pays for importing torch): a study setting, and a value that used to
+# hang. tests/test_hardening.py runs `verify` on a damaged index the same way.
+REAL = [(["study", "--k", "0", "--out", "out"], "--k must be an integer in [1, "),
+        (["fit-sae", "--model", "demo", "--no-pretrained", "--data", "procedural", "--layer", "mixed3a", "--batch-size", "-5",
+          "--out", "out"], "--batch-size must be an integer >= 1, got -5")]
+
+
+def test_a_real_process_writes_one_line_and_no_traceback(tmp_path):
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "circuitsviz", *argv], cwd=tmp_path, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for argv, _ in REAL]
+    for (argv, expected), proc in zip(REAL, procs):
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert expected in err, (argv, err)
+    assert list(tmp_path.iterdir()) == []  # and nothing was made

@@ -252,3 +252,65 @@ def test_a_batchs_maps_are_released_before_the_next_batchs_forward(monkeypatch):
     monkeypatch.setattr(model, "activations", activations)
     mine(model, data, ["1", "4"], k=4, batch_size=BATCH, progress=False, hist_range=(0.0, 10.0))
     assert alive_at_entry == [0, 0, 0]
+
+
+def _random_sae(layer: str = "4", name: str = "toy"):
+    from circuitsviz.sae import TopKSAE
+
+    torch.manual_seed(5)
+    sae = TopKSAE(6, 12, k=3, layer=layer, name=name)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn_like(sae.W_enc))
+    return sae
+
+
+def test_a_feature_layer_mines_like_the_sae_given_as_transform(tmp_path):
+    from circuitsviz.sae import save_sae
+    from circuitsviz.store import open_run
+
+    model, data, sae = tiny_model(), Images(n=24), _random_sae()
+    kw = dict(k=4, batch_size=BATCH, progress=False)
+    by_hand = mine(model, data, "4", transform=sae, **kw).layers["4"]
+    assert by_hand.top_value.max() > 0     # the features fire: equal results below are not all zeros
+    by_name = mine(model, data, ["4/toy", "1"], sae=sae, **kw)
+    assert list(by_name.layers) == ["4/toy", "1"]
+    r = by_name.layers["4/toy"]
+    assert r.units == 12 and r.rf == by_hand.rf
+    for field in ("top_value", "top_index", "top_pos", "hist_counts"):
+        assert np.array_equal(getattr(r, field), getattr(by_hand, field)), field
+    # channels mined in the same pass are the channels' own result
+    assert np.array_equal(by_name.layers["1"].top_index, mine(model, data, "1", **kw).layers["1"].top_index)
+    # the SAE's directory, or a run that holds it, names the same SAE
+    from_dir = mine(model, data, "4/toy", sae=save_sae(sae, tmp_path / "toy"), **kw).layers["4/toy"]
+    assert np.array_equal(from_dir.top_index, by_hand.top_index)
+    run = open_run(tmp_path / "run", create=True)
+    run.add_sae(sae, path=tmp_path / "toy")
+    from_run = mine(model, data, "4/toy", run=run, **kw)
+    assert np.array_equal(from_run.layers["4/toy"].top_index, by_hand.top_index)
+    # and the run stores such a result as the SAE's feature units
+    run.add_mining(from_run, data)
+    assert [e.image_id for e in run.examples("4/toy:2")] == [f"img{i}" for i in by_hand.top_index[2]
+                                                            if i >= 0]
+
+
+def test_a_feature_layer_without_its_sae_or_with_another_is_refused():
+    model, data = tiny_model(), Images(n=8)
+    with pytest.raises(BadInputError, match="4/toy names SAE features: pass sae=.*run="):
+        mine(model, data, "4/toy", k=2, progress=False)
+    with pytest.raises(BadInputError, match="names SAE 4/other, but sae= is 4/toy"):
+        mine(model, data, "4/other", sae=_random_sae(), k=2, progress=False)
+    with pytest.raises(BadInputError, match="transform= only"):
+        mine(model, data, "4/toy", sae=_random_sae(), transform=torch.relu, k=2, progress=False)
+
+
+def test_python_data_errors_name_the_parameter_and_the_cli_its_flag(tmp_path, capsys):
+    from circuitsviz.cli import main
+
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(BadInputError, match=r"^data='.*nowhere' does not exist") as e:
+        mine(tiny_model(), missing, "4", k=2, progress=False)
+    assert "--data" not in str(e.value)
+    assert main(["mine", "--model", "demo", "--no-pretrained", "--data", missing, "--layers", "mixed3a",
+                 "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err
+    assert "--data" in err and "nowhere" in err and "data=" not in err

@@ -28,9 +28,10 @@ def test_written_examples_stats_and_receptive_boxes_read_back(tmp_path):
         assert stats.max == pytest.approx(float(r.max[u]))
         assert stats.hist_counts == r.hist_counts[u].tolist()
         assert sum(stats.label_counts.values()) == 3     # labels of the top-3
-    # The store's box for a grid position is the field mining computed (different conventions).
+    # The store keeps the field mining computed, and crops each position's box from it.
     layer = run.layer("4")
     rf = result.layers["4"].rf
+    assert layer.rf == rf.as_tuple()
     for y, x in [(0, 0), (2, 3), (5, 5)]:
         top, left, bottom, right = rf.box(y, x, image_size=16)
         assert store.receptive_box(layer.rf, y, x, 16) == (left, top, right, bottom)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from circuitsviz.data import ImageFolderDataset, open_source, pil_to_tensor
 from circuitsviz.data.procedural import CONCEPTS, ConceptDataset, export, preview_sheet
@@ -127,11 +128,26 @@ def test_export_is_an_image_folder_read_back_with_the_same_labels_and_pixels(tmp
         assert torch.equal(image, ds[i][0])  # PNG is lossless
 
 
-def test_preview_sheet_has_one_row_per_concept():
+def test_preview_sheet_has_one_labelled_row_per_concept():
+    from circuitsviz.data.procedural import label_width
+
     sheet = preview_sheet(per_concept=3, size=32)
-    assert sheet.size == (3 * 32, K * 32)
-    rows = np.asarray(sheet).reshape(K, 32, 3 * 32, 3)
-    assert all(rows[k].std() > 0 for k in range(K))  # every cell was filled
+    left = label_width()
+    assert sheet.size == (left + 3 * 32, K * 32) and left > 2 * 4
+    rows = np.asarray(sheet).reshape(K, 32, left + 3 * 32, 3)
+    assert all(rows[k][:, left:].std() > 0 for k in range(K))  # every cell was filled
+    ds = ConceptDataset(n=K * 3, seed=0, size=32)
+    first = next(i for i in range(len(ds)) if ds.label(i) == 0)
+    assert np.array_equal(rows[0][:, left:left + 32], np.asarray(ds.load_image(str(first))))
+    labels = [rows[k][:, :left] for k in range(K)]
+    for k, strip in enumerate(labels):
+        dark = (strip.max(axis=2) < 128)
+        assert dark.any(), f"no label on the {CONCEPTS[k]} row"              # black text on white
+        assert dark[:, : 4].sum() == 0 and (strip[~dark] > 128).all()        # a margin, then only the name
+    assert len({s.tobytes() for s in labels}) == K                            # each row names its own concept
+    # the longest name fits in its column: its last dark pixel is before the right margin
+    widest = max(range(K), key=lambda k: len(CONCEPTS[k]))
+    assert np.nonzero((labels[widest].max(axis=2) < 128).any(axis=0))[0].max() < left - 2
 
 
 def test_cli_data_export_writes_concept_folders(tmp_path, capsys):
@@ -141,3 +157,13 @@ def test_cli_data_export_writes_concept_folders(tmp_path, capsys):
     pngs = sorted((tmp_path / "d").rglob("*.png"))
     assert len(pngs) == K and {p.parent.name for p in pngs} == set(CONCEPTS)
     assert f"wrote {K} images" in capsys.readouterr().out
+
+
+def test_cli_data_preview_writes_the_labelled_sheet(tmp_path, capsys):
+    from circuitsviz.cli import main
+
+    assert main(["data", "preview", "--per-concept", "2", "--size", "16", "--seed", "1",
+                 "--out", str(tmp_path / "p.png")]) == 0
+    written = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
+    assert np.array_equal(written, np.asarray(preview_sheet(per_concept=2, seed=1, size=16)))
+    assert f"wrote {tmp_path / 'p.png'}" in capsys.readouterr().out

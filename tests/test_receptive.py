@@ -127,3 +127,35 @@ def test_unreachable_layer_is_refused_with_its_name(inception):
 
     with pytest.raises(BadInputError, match="softmax2"):
         receptive_field(inception, "softmax2")
+
+
+def test_a_stored_examples_crop_is_exactly_the_pixels_its_activation_has_gradient_on(tmp_path):
+    """Mining records the field, the run stores it, the crop is cut from it: all one convention."""
+    import numpy as np
+    from PIL import Image
+
+    from circuitsviz.data import ImageFolderDataset, preprocess_image
+    from circuitsviz.mining import mine
+    from circuitsviz.store import open_run
+    from circuitsviz.store.synthetic import write_image_folder
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 5, stride=2, padding=2), nn.ReLU(), nn.AvgPool2d(3, stride=2, padding=1),
+                        nn.ZeroPad2d((1, 2, 1, 2)), TwoBranch(), nn.ReLU(), nn.Conv2d(4, 3, 3, stride=2))
+    _positive_weights(net)
+    model = wrap_model(net.double(), input_size=64)
+    write_image_folder(tmp_path / "imgs", n=4)
+    data = ImageFolderDataset(tmp_path / "imgs", size=64)
+    run = open_run(tmp_path / "run", create=True)
+    run.add_mining(mine(model, data, "6", k=4, batch_size=4, progress=False), data, model=model)
+    seen = set()
+    for unit in range(3):
+        for ex in run.examples(f"6:{unit}"):
+            image = preprocess_image(Image.open(tmp_path / "imgs" / ex.image_id), 64)
+            x = torch.from_numpy(np.asarray(image, dtype=np.float64) / 255).permute(2, 0, 1)[None].requires_grad_(True)
+            act = model.activations(x, "6", grad=True, check=False)["6"]
+            (grad,) = torch.autograd.grad(act[0, unit, ex.y, ex.x], x)
+            top, left, bottom, right = _support(grad[0].abs().sum(0))
+            crop = np.asarray(Image.open(run.example_image(ex, "crop", size=max(bottom - top, right - left))))
+            np.testing.assert_array_equal(crop, np.asarray(image)[top:bottom, left:right])
+            seen.add((ex.y, ex.x))
+    assert len(seen) > 1  # more than one position was checked

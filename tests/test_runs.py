@@ -138,8 +138,8 @@ def test_report_seconds_survive_a_rerun_that_reuses_everything(copy):
 
 
 @pytest.mark.parametrize("change, match", [
-    (dict(k=0), "--k must be an integer >= 1"),
-    (dict(sae_k=0), "--sae-k must be an integer >= 1"),
+    (dict(k=0), r"^k must be an integer in \[1, 1048576\], got 0$"),
+    (dict(sae_k=0), r"^sae_k must be an integer in \[1, "),
     (dict(sae_k=10_000), "valid: 1..64"),
     (dict(sae_expansion=64, sae_images=20, sae_per_image=1), "needs more samples than features"),
 ])
@@ -163,9 +163,9 @@ def test_a_schema_1_run_is_upgraded_in_place(tmp_path):
     """Runs written before SAEs were named within their layer, and steps recorded their settings."""
     import sqlite3
 
-    from circuitsviz.store.schema import CIRCUIT_TABLES, SCHEMA, SCHEMA_VERSION
+    from circuitsviz.store.schema import CIRCUIT_TABLES, SCHEMA, SCHEMA_VERSION, SPLIT_TOTALS
 
-    v1 = (SCHEMA.replace(CIRCUIT_TABLES, "").replace("metrics TEXT NOT NULL DEFAULT '{}', path TEXT, PRIMARY KEY (layer, name));",
+    v1 = (SCHEMA.replace(CIRCUIT_TABLES, "").replace(SPLIT_TOTALS, "").replace("metrics TEXT NOT NULL DEFAULT '{}', path TEXT, PRIMARY KEY (layer, name));",
                          "metrics TEXT NOT NULL DEFAULT '{}', path TEXT, PRIMARY KEY (name));")
           .replace("settings TEXT, complete INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (step, key));",
                    "PRIMARY KEY (step, key));"))
@@ -180,12 +180,39 @@ def test_a_schema_1_run_is_upgraded_in_place(tmp_path):
     with pytest.raises(StoreVersionError, match="older store schema 1"):  # a reader changes nothing
         open_run(tmp_path / "old")
     run = open_run(tmp_path / "old", writable=True)
-    assert run._rows("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
+    assert run._rows("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 5
     assert [(s.layer, s.name) for s in run.saes()] == [("mixed3b", "sae")]
     rec = run.step("vis", "mixed3b:0")
     assert rec.complete and rec.settings is None  # unknown: a re-run with any settings is refused
     with pytest.raises(SettingsChangedError, match="not recorded"):
         run.check_step("vis", "mixed3b:0", {"steps": 2})
+
+
+def test_a_schema_3_run_keeps_its_crops_when_its_fields_move_to_the_first_pixel_convention(tmp_path):
+    """Schema 3 recorded a field's centre; 4 records its first pixel, as mining's ReceptiveField does."""
+    import sqlite3
+
+    from circuitsviz.geometry import ReceptiveField
+    from circuitsviz.store import receptive_box
+    from circuitsviz.store.schema import SCHEMA
+
+    (tmp_path / "old").mkdir()
+    conn = sqlite3.connect(tmp_path / "old" / "index.sqlite")
+    conn.executescript(SCHEMA + "PRAGMA user_version = 3;")
+    # conv2d0 of InceptionV1: 7 px, stride 2, first pixel -2 -> centre 1.5; one layer without a field
+    conn.execute("INSERT INTO layers VALUES ('conv2d0', 64, 112, 112, '[]', 7, 2, 1.5)")
+    conn.execute("INSERT INTO layers VALUES ('head', 8, NULL, NULL, '[]', NULL, NULL, NULL)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreVersionError, match="older store schema 3"):
+        open_run(tmp_path / "old")
+    open_run(tmp_path / "old", writable=True).close()
+    run = open_run(tmp_path / "old")
+    assert run.layer("conv2d0").rf == (7, 2, -2) and run.layer("head").rf is None
+    rf = ReceptiveField((7, 7), (2, 2), (-2, -2))
+    for y, x in [(0, 0), (3, 5), (111, 111)]:
+        top, left, bottom, right = rf.box(y, x, image_size=224)
+        assert receptive_box(run.layer("conv2d0").rf, y, x, 224) == (left, top, right, bottom)
 
 
 def test_the_study_stores_the_circuits_of_its_split_channels_and_their_top_features(base):

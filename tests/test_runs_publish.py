@@ -46,6 +46,10 @@ def test_python_puts_a_visualization_mining_and_split_into_a_run_the_viewer_show
     assert [f.unit_id for f in stored.features] == [f.unit_id for f in split.features]
     assert again.visualizations(feature) and again.feature(feature).decoder_top
     assert again.verify() == []
+    # The Python path saved the SAE inside the run, so the run alone gives it back, weights and all.
+    loaded = again.load_sae("mixed3b/topk2x_k2", model=demo)
+    assert Path(again.sae("mixed3b/topk2x_k2").path).resolve().is_relative_to((tmp_path / "run").resolve())
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), sae.state_dict().values()))
 
     from streamlit.testing.v1 import AppTest
 

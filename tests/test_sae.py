@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from collections import OrderedDict
 
 import pytest
@@ -279,3 +280,21 @@ def test_sae_is_a_mining_transform_whose_top_images_match_brute_force():
     for f in range(8):
         if float(peak[:, f].max()) > 0:
             assert int(result.layers["relu"].top_index[f, 0]) == int(peak[:, f].argmax())
+
+
+def test_fit_sae_prints_where_it_caches_activations(tmp_path, monkeypatch, capsys):
+    model, kw = tiny_model(), dict(expansion=1, k=1, steps=2, batch_size=16, sampler=Sampler("per_image", per_image=2))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the default cache root is under ~/.cache
+    fit_sae(model, Images(8), "relu", **kw)
+    err = capsys.readouterr().err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("activation cache: ")]
+    where = Path(line.removeprefix("activation cache: "))
+    assert where.parent == tmp_path / "home" / ".cache" / "circuitsviz" / "activations"
+    assert (where / "metadata.json").is_file()       # the folder printed is the one written
+    fit_sae(model, Images(8), "relu", cache_root=tmp_path / "c", **kw)
+    fit_sae(model, Images(8), "relu", cache_root=tmp_path / "c", **kw)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("activation cache: ")]
+    [made] = list((tmp_path / "c").iterdir())
+    assert lines == [f"activation cache: {made}", f"activation cache: {made} (reused)"]
+    fit_sae(model, Images(8), "relu", cache_root=tmp_path / "c", progress=False, **kw)
+    assert "activation cache" not in capsys.readouterr().err

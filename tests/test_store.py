@@ -42,7 +42,8 @@ def test_every_record_type_round_trips(run, tmp_path):
                   hist_edges=[0.0, 1.0, 2.0], scores={"purity": 0.5, "entropy": 0.69}, label_counts={1: 3, "cat": 2})
     run.put_sae("sae", "mixed4e", config={"k": 32}, metrics={"fvu": 0.1}, path=tmp_path / "sae")
     run.put_feature("mixed4e/sae:17", sae="sae", decoder_top=[(55, 0.9), (3, 0.2)], freq=0.01, mean_act=2.0)
-    run.put_split("mixed4e", 55, "sae", [dict(unit_id="mixed4e/sae:17", share=0.6, cosine=0.9, freq=0.01)])
+    run.put_split("mixed4e", 55, "sae", [dict(unit_id="mixed4e/sae:17", share=0.6, cosine=0.9, freq=0.01)],
+                  totals=dict(explained=0.75, bias_share=0.3, n_samples=100, n_firing=40))
     run.mark_done("mine", "mixed4e")
 
     r = circuitsviz.open_run(run.path)  # a second handle, as a reader would open it
@@ -73,6 +74,8 @@ def test_every_record_type_round_trips(run, tmp_path):
     assert r.features_of_channel("mixed4e", 54) == []
     split = r.split("mixed4e", 55)
     assert (split.sae, [(x.unit_id, x.share, x.cosine) for x in split.features]) == ("sae", [("mixed4e/sae:17", 0.6, 0.9)])
+    assert (split.explained, split.bias_share, split.n_samples, split.n_firing) == (0.75, 0.3, 100, 40)
+    assert split.error == pytest.approx(-0.05)  # the SAE overshoots: the error is negative, not hidden
     assert r.is_done("mine", "mixed4e") and not r.is_done("mine", "mixed3b")
     assert r.verify() == []
 
@@ -119,6 +122,29 @@ def test_a_newer_schema_version_is_refused(tmp_path):
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StoreVersionError, match=f"version {SCHEMA_VERSION + 1}.*up to {SCHEMA_VERSION}"):
         open_run(tmp_path / "r")
+
+
+def test_a_schema_4_run_is_upgraded_keeping_its_splits_without_totals(tmp_path):
+    from circuitsviz.store import schema
+
+    path = tmp_path / "old"
+    path.mkdir()
+    conn = sqlite3.connect(path / "index.sqlite")
+    conn.executescript(schema.SCHEMA.replace(schema.SPLIT_TOTALS, "") + "PRAGMA user_version = 4;")
+    conn.execute("INSERT INTO splits VALUES ('mixed3b', 1, 'sae', 0, 'mixed3b/sae:4', 0.5, 0.9, 0.1)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreVersionError, match="older store schema 4"):
+        open_run(path)  # a reader never writes
+    with open_run(path, writable=True) as run:
+        old = run.split("mixed3b", 1)
+        assert [(f.unit_id, f.share) for f in old.features] == [("mixed3b/sae:4", 0.5)]
+        assert (old.explained, old.bias_share, old.error) == (None, None, None)  # unknown, not zero
+        run.put_split("mixed3b", 1, "sae", [dict(unit_id="mixed3b/sae:4", share=0.5)],
+                      totals=dict(explained=0.8, bias_share=0.1))
+    with open_run(path) as run:
+        assert run._rows("PRAGMA user_version")[0][0] == schema.SCHEMA_VERSION == 5
+        assert run.split("mixed3b", 1).error == pytest.approx(0.1)
 
 
 def test_the_index_is_in_wal_mode(run):
@@ -214,10 +240,11 @@ def test_concurrent_threads_can_share_one_handle(run):
     assert errors == [] and [run.examples(f"l:{u}")[0].image_id for u in range(4)] == ["19"] * 4
 
 
-def test_receptive_box_is_the_field_around_the_position_centre_clipped():
-    # centre of grid (y=2, x=0) is (offset + 2*stride, offset) = (36, 4); size 40 spans +-20
-    assert receptive_box((40, 16, 4), 2, 0, 64) == (0, 16, 24, 56)
-    assert receptive_box((8, 8, 4), 7, 7, 64) == (56, 56, 64, 64)
+def test_receptive_box_is_the_field_from_the_first_pixel_clipped():
+    # grid (y=2, x=0) starts at (offset + 2*stride, offset) = (16, -16); size 40 ends at (56, 24)
+    assert receptive_box((40, 16, -16), 2, 0, 64) == (0, 16, 24, 56)
+    assert receptive_box((8, 8, 0), 7, 7, 64) == (56, 56, 64, 64)
+    assert receptive_box((8, 8, 0), 9, 0, 64) == (0, 0, 8, 64)  # a field below the image: all rows
 
 
 def test_example_crop_is_the_receptive_field_of_the_model_input_image(tmp_path):
@@ -225,14 +252,14 @@ def test_example_crop_is_the_receptive_field_of_the_model_input_image(tmp_path):
     run = open_run(tmp_path / "r", create=True)
     run.set_info(input_size=64)
     run.set_data_source(ds.spec())
-    run.put_layer("l", 4, 8, 8, rf=(16, 8, 4))
+    run.put_layer("l", 4, 8, 8, rf=(16, 8, -4))
     run.put_examples("l:0", [dict(rank=0, image_id=ds.image_id(1), value=1, y=3, x=5, actmap=np.eye(8))])
     ex = run.examples("l:0")[0]
     crop = np.asarray(Image.open(run.example_image(ex, "crop", size=16)))
     from circuitsviz.data import preprocess_image
 
     full = np.asarray(preprocess_image(Image.open(tmp_path / "imgs" / ds.image_id(1)), 64))
-    # centre (4 + 3*8, 4 + 5*8) = (28, 44); the 16-pixel field is rows 20..36, columns 36..52
+    # position (3, 5) starts at (-4 + 3*8, -4 + 5*8) = (20, 36): the 16-pixel field is rows 20..36, columns 36..52
     np.testing.assert_array_equal(crop, full[20:36, 36:52])
     first = run.example_image(ex, "overlay")
     mtime = first.stat().st_mtime_ns

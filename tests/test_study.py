@@ -17,8 +17,10 @@ REDUCED = StudySettings(n_images=650, vis_size=32, vis_steps=4, k=16, sae_steps=
 @pytest.fixture(scope="module")
 def demo_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "demo"
-    report = study("demo", "procedural", out=out, settings=REDUCED, progress=False)
-    return out, report
+    with pytest.MonkeyPatch.context() as m:  # the study pre-renders example views: into a cache of the test's own
+        m.setenv("CIRCUITSVIZ_CACHE", str(out.parent / "cache"))
+        report = study("demo", "procedural", out=out, settings=REDUCED, progress=False)
+        yield out, report
 
 
 def test_split_lowers_concept_count_of_a_polysemantic_channel(demo_study):
@@ -49,6 +51,56 @@ def test_study_writes_every_kind_of_record_into_the_run(demo_study):
     assert run.examples(top) and run.visualizations(top)
     assert run.saes()[0].metrics  # FVU, L0, ... were recorded
     assert run.verify() == []
+
+
+def test_study_renders_the_split_channels_other_views(demo_study):
+    from circuitsviz.models import load_model
+    from circuitsviz.store import open_run
+
+    out, report = demo_study
+    run = open_run(out)
+    h, w = load_model("demo", pretrained=False).layer_shapes(["mixed3b"], input_size=REDUCED.vis_size)["mixed3b"][1:]
+    split = {int(s.channel.split(":")[1]) for s in report.splits}
+    assert len(split) == REDUCED.n_split
+    for u in run.units(layer="mixed3b", kind="channel"):
+        kinds = sorted(v.kind for v in run.visualizations(u.id))
+        neurons = [v for n in run.units(layer="mixed3b", kind="neuron") if n.index == u.index
+                   for v in run.visualizations(n.id)]
+        if u.index in split:  # Lucid's diversity renders 4 images; the neuron is the one at the centre
+            assert kinds == ["diversity"] * 4 + ["negative", "positive"], (u.id, kinds)
+            assert [(v.kind, v.unit_id) for v in neurons] == [("neuron", f"{u.id}@{h // 2},{w // 2}")]
+            negative = run.visualizations(u.id, "negative")[0]
+            assert negative.objective < run.visualizations(u.id, "positive")[0].objective
+        else:
+            assert kinds == ["positive"] and not neurons, (u.id, kinds)
+
+
+def test_the_viewer_shows_the_split_channels_views_and_draws_no_example_on_a_cold_page(demo_study, monkeypatch):
+    """The study pre-rendered every example view of its split channels and their features: with
+    drawing made impossible, their unit and compare pages still show every image."""
+    from circuitsviz.store import open_run, render
+
+    from .test_viewer import app, attrs, html_blocks
+
+    out, report = demo_study
+    monkeypatch.setenv("CIRCUITSVIZ_CACHE", str(out.parent / "cache"))
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("an example view was drawn while the page was shown")
+
+    monkeypatch.setattr(render, "render_view", no_drawing)
+    channel = report.splits[0].channel
+    at = app(out, "unit", unit=channel)
+    assert not at.exception and not at.error
+    assert sorted(set(attrs(at, "data-vis"))) == ["diversity", "negative", "neuron", "positive"]
+    assert not [e for e in at.expander if "Not rendered yet" in e.label]
+    at = app(out, "compare", unit=channel)
+    assert not at.exception and not at.error
+    assert "image missing" not in html_blocks(at)
+    run = open_run(out)
+    for uid in [channel] + [f.unit_id for f in run.split(*channel.split(":")).features]:
+        for e in run.examples(uid) + run.quantile_examples(uid):  # every view the pages can ask for
+            render.render_example(run, e, render.default_mode(run.layer("mixed3b").rf, run.info().input_size))
 
 
 def test_second_run_reuses_every_finished_step(demo_study, capsys):

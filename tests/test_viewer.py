@@ -113,8 +113,22 @@ def test_unit_page_keeps_the_stated_order(fake):
                                                'data-range=')]
     assert order == sorted(order)
     labels = [m for m in texts(at, "markdown") if m.startswith("**")]
-    assert labels.index("**Mean activation per concept**") < labels.index("**Activation density**") \
+    assert labels.index("**Activation per concept**: mean (bar) and max (pale)") < labels.index("**Activation density**") \
         < labels.index("**SAE features of this channel**")
+
+
+def test_unit_page_shows_every_visualization_kind_at_true_size_or_double_with_click_to_enlarge(fake):
+    uid = "mixed4e:3"
+    at = app(fake.path, "unit", unit=uid)
+    shown = re.findall(r'class="cv-cell" style="--w:(\d+)px" title="[^"]*" data-vis="(\w+)"><a href="([^"]+)" '
+                       r'target="_blank"><img src="([^"]+)"', html_blocks(at))
+    run = open_run(fake.path)
+    stored = run.visualizations(uid) + run.visualizations(uid + "@4,4")
+    assert sorted(k for _, k, _, _ in shown) == sorted(v.kind for v in stored)  # positive, negative, neuron, 3 diversity
+    for width, kind, target, src in shown:
+        assert int(width) == (2 if kind == "positive" else 1) * 64  # the renders are 64 px
+        assert target == src  # a click opens the image itself, at full size
+    assert not [e for e in at.expander if "Not rendered yet" in e.label]
 
 
 def test_concept_chart_marks_the_concepts_at_half_the_best_mean(fake):
@@ -126,6 +140,46 @@ def test_concept_chart_marks_the_concepts_at_half_the_best_mean(fake):
     assert set(shown) == set(means)
     assert {c for c, above in shown.items() if above == "1"} == {c for c, m in means.items() if m >= 0.5 * best}
     assert float(attrs(at, "data-threshold")[0]) == pytest.approx(0.5 * best, rel=1e-4)
+
+
+def test_concept_chart_shows_each_concepts_max_exact_where_the_top_examples_reach_it(tmp_path):
+    """Known answer from mining a tiny model: a concept with an image among the top-k has its
+    brute-force maximum shown exactly; any other concept gets a lower bound, marked, that the
+    true maximum lies between it and the top-k cut-off."""
+    from circuitsviz.mining import mine, write_to_run
+
+    from .test_mining import BATCH, Images, brute_force, tiny_model
+
+    class Labelled(Images):
+        def label(self, i: int) -> int:
+            return int(self.labels[i])
+
+    model, data = tiny_model(), Labelled(n=30)
+    run = open_run(tmp_path / "run", create=True)
+    result = mine(model, data, "4", k=3, batch_size=BATCH, progress=False)
+    write_to_run(result, run, data, model=model)
+    run.set_data_source({"kind": "test"}, classes=list(result.classes))  # the names examples' labels take
+    run.close()
+    _, peak, _, _ = brute_force(model, data, "4", 3)
+    labels = data.labels.numpy()
+    seen = {"exact": 0, "bound": 0}
+    for u in range(peak.shape[1]):
+        uid = f"4:{u}"
+        at = app(tmp_path / "run", "unit", unit=uid)
+        assert not at.exception
+        shown = {c: (float(m), e == "1") for c, m, e in
+                 re.findall(r'data-concept="([^"]+)" data-mean="[^"]+" data-above="\d" data-max="([^"]+)" '
+                            r'data-exact="(\d)"', html_blocks(at))}
+        cut = float(np.sort(peak[:, u])[-3])
+        for c in range(3):
+            true = float(peak[labels == c, u].max())
+            value, exact = shown[f"c{c}"]
+            if exact:
+                assert value == pytest.approx(true, rel=1e-4)
+            else:
+                assert value <= true * (1 + 1e-4) and true <= cut * (1 + 1e-4)
+            seen["exact" if exact else "bound"] += 1
+    assert seen["exact"] and seen["bound"], seen  # both cases were exercised
 
 
 def test_activation_range_rows_are_labelled_with_their_values_highest_first(fake):
@@ -202,6 +256,64 @@ def test_share_bar_splits_the_rest_into_other_features_bias_and_error_when_recor
     recorded = SimpleNamespace(features=feats, explained=0.8, bias_share=0.15)
     parts = {label: share for label, share, _ in share_parts(recorded)}
     assert parts == pytest.approx({"l/s:3": 0.3, "l/s:1": 0.2, "other features": 0.3, "bias": 0.15, "error": 0.05})
+
+
+def test_share_bar_is_the_split_measured_independently_from_the_sae_on_the_data(tmp_path):
+    """Known answer: where channel c fires, x_c = sum_f z_f * w_fc + b_c + error. Each part of the
+    bar, measured here from the SAE's own encode/decode, is what the compare page draws."""
+    import torch
+
+    from circuitsviz.sae import TopKSAE, split_channel
+
+    torch.manual_seed(0)
+    d, n_latents, c, top = 6, 24, 2, 4
+    x = torch.randn(600, d).relu() * (torch.rand(d) * 3 + 0.5)      # raw activations, about half zero
+    sae = TopKSAE(d, n_latents, k=3, layer="mixed3b", name="s")
+    with torch.no_grad():  # a bias and a scale, so neither part is trivially zero or one
+        sae.b_pre.copy_(torch.randn(d) * 0.3)
+        sae.b_enc.copy_(torch.randn(n_latents) * 0.1)
+        sae.scale.fill_(1.7)
+    run = open_run(tmp_path / "run", create=True)
+    run.put_layer("mixed3b", d, 4, 4)
+    run.add_units([f"mixed3b:{i}" for i in range(d)])
+    run.add_split(split_channel(sae, c, data=x, top=top), sae=sae)
+    run.close()
+
+    on = x[:, c] > 0
+    total = x[on, c].double().sum()
+    with torch.no_grad():
+        writes = (sae.encode(x[on]).double() * (sae.W_dec[:, c] / sae.scale).double()).sum(0) / total  # (F,)
+        error = float((x[on, c].double() - sae.decode(sae.encode(x[on]))[:, c].double()).sum() / total)
+        bias = float(sae.b_pre[c] / sae.scale) * int(on.sum()) / float(total)
+    best = writes.argsort(descending=True)[:top].tolist()
+
+    at = app(tmp_path / "run", "compare", unit=f"mixed3b:{c}")
+    assert not at.exception and not at.error
+    parts = dict(zip(attrs(at, "data-part"), map(float, attrs(at, "data-share"))))
+    assert list(parts) == [f"mixed3b/s:{f}" for f in best] + ["other features", "bias", "error"]
+    assert sum(parts.values()) == pytest.approx(1.0, abs=0.01)
+    for f in best:
+        assert parts[f"mixed3b/s:{f}"] == pytest.approx(float(writes[f]), abs=1e-5)
+    assert parts["other features"] == pytest.approx(float(writes.sum()) - sum(float(writes[f]) for f in best), abs=1e-5)
+    assert parts["bias"] == pytest.approx(bias, abs=1e-5) and abs(bias) > 0.01
+    assert parts["error"] == pytest.approx(error, abs=1e-4) and abs(error) > 0.01
+
+
+def test_share_bar_draws_a_negative_part_with_no_width_and_says_so(tmp_path):
+    run = open_run(tmp_path / "run", create=True)
+    run.put_layer("mixed3b", 2, 4, 4)
+    run.add_units(["mixed3b:0"])
+    run.put_split("mixed3b", 0, "s", [dict(unit_id="mixed3b/s:0", share=0.7), dict(unit_id="mixed3b/s:1", share=0.3)],
+                  totals=dict(explained=1.05, bias_share=0.05))   # the SAE overshoots: error -10%
+    run.close()
+    at = app(tmp_path / "run", "compare", unit="mixed3b:0")
+    body = html_blocks(at)
+    widths = dict(re.findall(r'data-part="([^"]+)" data-share="[^"]+" title="[^"]*" style="width:([\d.]+)%', body))
+    shares = dict(zip(attrs(at, "data-part"), map(float, attrs(at, "data-share"))))
+    assert shares["error"] == pytest.approx(-0.10) and sum(shares.values()) == pytest.approx(1.0)
+    assert float(widths["error"]) == 0 and sum(map(float, widths.values())) == pytest.approx(100, abs=0.01)
+    assert float(widths["mixed3b/s:0"]) == pytest.approx(100 * 0.7 / 1.10, abs=0.01)  # in proportion to the positives
+    assert "error -10.0% below zero" in body and "writes more into the channel than it holds" in body
 
 
 def test_compare_picker_lists_split_channels_first(fake):

@@ -137,7 +137,8 @@ def faithfulness(model, unit, *, source: str, data, n: int = 5, draws: int = 50,
     ``examples``: use only the unit's ``examples`` most activating images of ``data`` (its dataset
     examples), so that a sparse unit (an SAE feature) is measured where it fires.
     """
-    check_int("n", n, 1), check_int("draws", draws, 1), check_int("seed", seed, 0)
+    # draws: each is a forward pass over the measured images; a bound turns a typo into an error, not a hang
+    check_int("n", n, 1), check_int("draws", draws, 1, 10_000), check_int("seed", seed, 0)
     check_int("batch_size", batch_size, 1, 1 << 16), check_int("limit", limit, 1, optional=True)
     check_int("examples", examples, 1, optional=True)
     side = SourceSide.of(model, source, sae)

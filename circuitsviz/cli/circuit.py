@@ -53,11 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..circuits import attribute, circuit, faithfulness
+    from ..data import as_dataset
     from ..sae import load_sae
 
     if args.data and not args.source:
         raise BadInputError("--data attributes to a --source layer; give --source")
     model = model_from_args(args)
+    if args.data:  # read once, before any work, with errors that name the flag
+        args.data = as_dataset(args.data, model, param="--data ")
     saes = [load_sae(path, model=model, device=model.device) for path in args.sae]
     if args.run:  # feature ids (unit, LAYER/SAE source or target) find their SAE through the run's index
         from ..units import Unit, resolve_sae
@@ -87,12 +90,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _publish(args: argparse.Namespace, model, result, f) -> None:
     """Write the circuit (and its faithfulness) to ``--run`` through the publishing API."""
-    from ..data import as_dataset
     from ..store import open_run
 
     with open_run(args.run, create=True) as run:
         n = run.add_circuit(result, model=model, input_size=args.input_size, overwrite=args.overwrite)
         if f is not None:
-            spec = as_dataset(args.data, model).spec()
+            spec = args.data.spec()
             run.add_faithfulness(f, data={**spec, "limit": args.images})
     print(f"wrote {n} connections{' and the faithfulness' if f is not None else ''} of {result.unit} to {args.run}")

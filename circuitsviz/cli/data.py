@@ -22,8 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     ex.set_defaults(func=run_export)
     pv = dsub.add_parser(
-        "preview", help="write one PNG sheet: a row of examples per concept",
-        description="Render a contact sheet with one row per concept, to see what the dataset holds.",
+        "preview", help="write one PNG sheet: a row of examples per concept, named on its left",
+        description="Render a contact sheet with one row per concept, the concept's name on its left, "
+        "to see what the dataset holds.",
         epilog="example: circuitsviz data preview --out concepts.png --per-concept 8",
     )
     _add_dataset_args(pv, n_default=None)

@@ -64,6 +64,7 @@ def _hist_range(text: str | None) -> tuple[float, float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data import as_dataset
     from ..errors import BadInputError
     from ..mining import parse_shard
     from ..store import open_run
@@ -75,9 +76,10 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError(f"--k, --batch-size and --hist-bins must be >= 1 (got {args.k}, {args.batch_size}, "
                             f"{args.hist_bins})")
     model = model_from_args(args)
+    data = as_dataset(args.data, model, n=args.n, param="--data ")
     run = open_run(args.out, create=True)
     layers = split_list(args.layers)
-    results = run.mine(model, args.data, layers, n=args.n, k=args.k, batch_size=args.batch_size,
+    results = run.mine(model, data, layers, k=args.k, batch_size=args.batch_size,
                        num_workers=args.num_workers, shard=shard, checkpoint_every=args.checkpoint_every,
                        restart=args.restart, progress=args.progress, mean_top_k=args.mean_top_k,
                        hist_bins=args.hist_bins, hist_range=hist_range, overwrite=args.overwrite)

@@ -6,7 +6,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_int
 from .common import add_model_args, add_run_args, model_from_args
 
 FIT_EPILOG = """\
@@ -84,9 +84,9 @@ def _check_fit_args(args: argparse.Namespace, model, layer: str) -> None:
         if args.channel is None:
             raise BadInputError("--sampler channel needs --channel N")
         model.check_channel(layer, args.channel)
+    for flag in ("expansion", "images", "per_image", "batch_size"):  # before the product below
+        check_int("--" + flag.replace("_", "-"), getattr(args, flag), 1)
     latents = args.expansion * model.channels(layer)
-    if args.expansion < 1 or args.images < 1 or args.per_image < 1 or args.batch_size < 1:
-        raise BadInputError("--expansion, --images, --per-image and --batch-size must be >= 1")
     if args.kind == "topk" and not 1 <= args.k <= latents:
         raise BadInputError(f"--k {args.k} is out of range for {latents} features "
                             f"({args.expansion} x {model.channels(layer)} channels); valid: 1..{latents}")
@@ -96,7 +96,7 @@ def _check_fit_args(args: argparse.Namespace, model, layer: str) -> None:
 
 def run_fit(args: argparse.Namespace) -> int:
     from ..data import as_dataset
-    from ..sae import Sampler, fit_sae, load_sae
+    from ..sae import Sampler, fit_sae
     from ..store import open_run
     from ..store.steps import sae_key
     from ..units import sae_name
@@ -108,7 +108,7 @@ def run_fit(args: argparse.Namespace) -> int:
     model.layer(layer)
     _check_fit_args(args, model, layer)
     is_cache = (Path(args.data) / "metadata.json").is_file()
-    data = args.data if is_cache else as_dataset(args.data, model, n=args.images)
+    data = args.data if is_cache else as_dataset(args.data, model, n=args.images, param="--data ")
     name = args.name or sae_name(args.kind, args.expansion, args.k)
     sampler = Sampler(args.sampler, per_image=args.per_image, rate=args.rate, channel=args.channel)
     key = sae_key(kind=args.kind, expansion=args.expansion, k=args.k, l1_coef=args.l1_coef, steps=args.steps,
@@ -120,7 +120,7 @@ def run_fit(args: argparse.Namespace) -> int:
     run.check_step("sae", slot, key, overwrite=args.overwrite, what=f"SAE {slot}")
     with run.lock(f"sae:{layer}"):  # a second fit on this layer waits here, then finds the first's SAE
         if run.check_step("sae", slot, key, overwrite=args.overwrite, what=f"SAE {slot}"):
-            sae = load_sae(run.sae(name, layer).path, model=model, layer=layer)
+            sae = run.load_sae(name, layer, model=model)
             print(f"{slot}: in the run already with these settings ({path})")
             return 0
         rec = run.step("sae", slot)
@@ -144,7 +144,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from ..sae import load_sae, open_cache, split_channel
+    from ..sae import open_cache, split_channel
     from ..store import open_run
     from ..units import Unit
 
@@ -162,7 +162,7 @@ def run_split(args: argparse.Namespace) -> int:
     run = open_run(args.run, writable=True)  # an existing run only, opened to record the split
     record = _find_sae(run, layer, args.sae)
     model = model_from_args(args) if args.data else None
-    sae = load_sae(record.path, model=model, layer=layer)
+    sae = run.load_sae(record.name, layer, model=model)
     if args.data:
         data = args.data
     else:

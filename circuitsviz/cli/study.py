@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from ..study import StudySettings, study
+from ..study import StudySettings, check_settings, study
 from ..units import parse_channels
 from .common import add_model_args, add_run_args, resolve_device, split_list
 
@@ -86,7 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace) -> StudySettings:
-    return StudySettings(**{f.name: getattr(args, f.name) for f in fields(StudySettings)})
+    values = {f.name: getattr(args, f.name) for f in fields(StudySettings)}
+    check_settings(values, flags=True)  # the same ranges as StudySettings, named as the user typed them
+    return StudySettings(**values)
 
 
 def run_study(args: argparse.Namespace) -> int:

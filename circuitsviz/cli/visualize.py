@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=None, help="images per channel with --diversity (default: 4)")
     p.add_argument("--upsample", action="store_true",
                    help="upsample small images to the model's input size, as lucent does")
-    p.add_argument("--png", metavar="DIR", help="also copy each image to DIR/<unit>.png (mixed3b~topk8x_k1_17.png)")
+    p.add_argument("--png", metavar="DIR", help="also copy each image to DIR/<unit>.png (mixed3b~topk8x_k1_17.png) and tile them all, "
+                   "captioned with their unit ids, in DIR/contact.png")
     add_run_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -99,17 +100,31 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _copy_pngs(run, units: list[Unit], folder: Path) -> None:
+    """Each image as DIR/<unit>.png, and all of them on one captioned sheet, DIR/contact.png."""
     import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from ..optvis import VisResult, save_grid
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BadInputError(f"cannot create the --png folder {str(folder)!r}: {e.strerror or e}") from None
-    n = 0
+    sheet = []
     for u in units:
         for v in run.visualizations(u.id):
             name = u.id.replace("/", "~").replace(":", "_").replace("@", "_at_").replace(",", "_")
             shutil.copyfile(v.path, folder / f"{name}{'' if v.kind == 'positive' else '-' + v.kind}"
                                              f"{'-' + str(v.index) if v.index else ''}.png")
-            n += 1
-    print(f"copied {n} PNGs to {folder}/")
+            with Image.open(v.path) as im:
+                image = np.asarray(im.convert("RGB"))
+            sheet.append(VisResult(v.unit_id, image, float("nan") if v.objective is None else v.objective,
+                                   v.settings, kind=v.kind, index=v.index))
+    if sheet:
+        save_grid(sheet, folder / CONTACT_SHEET)
+    print(f"copied {len(sheet)} PNGs to {folder}/" + (f" and tiled them in {folder / CONTACT_SHEET}" if sheet else ""))
+
+
+CONTACT_SHEET = "contact.png"  # every --png image on one sheet, captioned with its unit id

@@ -21,11 +21,12 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def as_dataset(data, model=None, *, size: int | None = None, n: int = 2000, seed: int = 0):
+def as_dataset(data, model=None, *, size: int | None = None, n: int = 2000, seed: int = 0, param: str = "data="):
     """Turn ``data`` into a dataset preprocessed for ``model``.
 
     ``data`` is a folder path, ``"procedural"`` (the project's concept dataset: ``n`` images,
     ``seed``), or a dataset that already follows the contract above (returned unchanged).
+    ``param``: how errors name the argument (``data=`` in Python; the CLI passes ``"--data "``).
 
     >>> ds = as_dataset("procedural", n=100)
     >>> len(ds), ds.classes[:2]                  # doctest: +SKIP
@@ -38,13 +39,14 @@ def as_dataset(data, model=None, *, size: int | None = None, n: int = 2000, seed
         return ConceptDataset(n=n, seed=seed, size=size)
     if isinstance(data, (str, Path)):
         if "\x00" in str(data) or not str(data):
-            raise BadInputError(f"--data {str(data)!r} is not a folder path")
+            raise BadInputError(f"{param}{str(data)!r} is not a folder path")
         if not Path(data).expanduser().exists():
-            raise BadInputError(f"--data {str(data)!r} does not exist; give a folder of images or 'procedural'")
+            raise BadInputError(f"{param}{str(data)!r} does not exist; give a folder of images or 'procedural'")
         return ImageFolderDataset(data, size=size)
     if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (bytes, bytearray)):
         return data
-    raise BadInputError(f"cannot use {type(data).__name__} as data; give a folder path, 'procedural' or a Dataset")
+    raise BadInputError(f"cannot use {type(data).__name__} as {param.strip(' =-')}; give a folder path, "
+                        "'procedural' or a Dataset")
 
 
 def open_source(spec: dict):

@@ -341,8 +341,19 @@ def save_preview_sheet(out: str | Path, per_concept: int = 8, seed: int = 0, siz
     return out
 
 
+LABEL_PAD = 4      # pixels either side of a row's concept name
+LABEL_HEIGHT = 12  # PIL's default bitmap font is 11 px tall: rows are at least this tall
+
+
+def label_width() -> int:
+    """Width of the label column on the left of :func:`preview_sheet`: the longest concept name."""
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    return 2 * LABEL_PAD + max(int(np.ceil(probe.textlength(name))) for name in CONCEPTS)
+
+
 def preview_sheet(per_concept: int = 8, seed: int = 0, size: int = 64) -> Image.Image:
-    """A contact sheet: one row per concept (in ``CONCEPTS`` order), ``per_concept`` examples each.
+    """A contact sheet: one row per concept (in ``CONCEPTS`` order), ``per_concept`` examples each,
+    the concept's name on the left of its row (black on white, in a :func:`label_width` column).
 
     >>> preview_sheet(per_concept=8).save("concepts.png")   # doctest: +SKIP
     """
@@ -352,10 +363,14 @@ def preview_sheet(per_concept: int = 8, seed: int = 0, size: int = 64) -> Image.
         raise BadInputError(f"a sheet of {per_concept} x {k} images of {size} px is over the "
                             f"{MAX_SHEET_PIXELS:,}-pixel limit; lower per_concept or size")
     ds = ConceptDataset(n=k * per_concept, seed=seed, size=size)  # balanced: each concept per_concept times
-    sheet = Image.new("RGB", (per_concept * size, k * size))
+    left, row = label_width(), max(size, LABEL_HEIGHT)
+    sheet = Image.new("RGB", (left + per_concept * size, k * row), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for label, name in enumerate(CONCEPTS):
+        draw.text((LABEL_PAD, label * row + (row - LABEL_HEIGHT) // 2), name, fill=(0, 0, 0))
     filled = [0] * k
     for i in range(len(ds)):
         label = ds.label(i)
-        sheet.paste(ds.load_image(str(i)), (filled[label] * size, label * size))
+        sheet.paste(ds.load_image(str(i)), (left + filled[label] * size, label * row))
         filled[label] += 1
     return sheet

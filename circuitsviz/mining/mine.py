@@ -207,17 +207,37 @@ def _map_max(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return peak, where
 
 
+def _layer_of(name: str) -> str:
+    """The model layer whose activations a mined name reads: ``mixed3b/topk8x_k1`` -> ``mixed3b``."""
+    return name.partition("/")[0]
+
+
+def _with_features(model, layers: list[str], transform, sae, run):
+    """``transform`` with the SAE of every feature layer (``LAYER/SAE``) resolved into it: a dict
+    from the mined name to its transform. Unchanged when no feature layer is asked for."""
+    from ..units import resolve_sae
+
+    features = [n for n in layers if "/" in n]
+    if not features:
+        return transform
+    if transform is not None:
+        raise BadInputError(f"{features[0]!r} names SAE features, whose transform is the SAE; give transform= "
+                            "only when mining plain layers")
+    return {n: resolve_sae(n, sae=sae, run=run, model=model) for n in features}
+
+
 def _unit_activations(model, images: torch.Tensor, layers: list[str], transform) -> dict[str, torch.Tensor]:
-    acts = model.activations(images, layers)
+    acts = model.activations(images, list(dict.fromkeys(_layer_of(n) for n in layers)))
     out = {}
-    for name, a in acts.items():
+    for name in layers:
+        a = acts[_layer_of(name)]
         fn = _transform_for(transform, name)
         if fn is not None:
             with torch.no_grad():
                 a = fn(a)
         if a.dim() != 4:
             raise BadInputError(f"layer {name!r} gives shape {tuple(a.shape)}; mining needs N x units x H x W maps")
-        out[name] = a
+        out[name] = a.float()  # the running state is float32 whatever the model computes in (no copy when it is)
     return out
 
 
@@ -254,6 +274,8 @@ def mine(
     batch_size: int = 32,
     num_workers: int = 0,
     transform: Transform | dict[str, Transform] | None = None,
+    sae=None,
+    run=None,
     shard: tuple[int, int] | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 2048,
@@ -269,7 +291,9 @@ def mine(
 
     ``batch_size`` is part of the configuration: shards and resumed runs must use the same one
     for their results to match bit for bit. ``data``: a folder, ``"procedural"`` or a Dataset (see :func:`circuitsviz.data.as_dataset`).
-    ``layers``: names; every channel of each becomes a unit. ``transform`` maps a layer's
+    ``layers``: names; every channel of each becomes a unit. ``LAYER/SAE`` (``mixed3b/topk8x_k1``)
+    mines the features of that SAE, found as ``sae=`` (the fitted SAE or its directory) or in
+    ``run=`` (a run that holds it); its result is keyed by that name. ``transform`` maps a layer's
     activations ``(N, C, H, W)`` to unit activations ``(N, U, H, W)``, e.g. an SAE encoder at every
     position, so its units are features (a dict gives one per layer). ``mean_top_k`` also ranks
     images by spatial mean. Histograms use ``hist_bins`` fixed bins per unit (see
@@ -286,7 +310,8 @@ def mine(
     if not layers:
         raise BadInputError("give at least one layer to mine")
     for name in layers:
-        model.layer(name)  # unknown names raise with the valid ones
+        model.layer(_layer_of(name))  # unknown names raise with the valid ones
+    transform = _with_features(model, layers, transform, sae, run)
     if k < 1 or hist_bins < 1 or per_bin < 1:
         raise BadInputError(f"k, hist_bins and per_bin must be >= 1 (got {k}, {hist_bins}, {per_bin})")
     dataset = _Pairs(as_dataset(data, model))
@@ -402,7 +427,8 @@ def _check_mine_args(model, layers, checkpoint, shard, *, k, batch_size, num_wor
 def _fields(model, layers: list[str]) -> dict:
     """Receptive fields where the graph can be traced; None (with a warning) where it cannot."""
     try:
-        return receptive_fields(model, layers)
+        fields = receptive_fields(model, list(dict.fromkeys(_layer_of(n) for n in layers)))
+        return {n: fields[_layer_of(n)] for n in layers}
     except BadInputError as e:
         warnings.warn(f"no receptive fields recorded: {e}", stacklevel=3)
         return {n: None for n in layers}

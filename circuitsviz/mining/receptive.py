@@ -16,43 +16,12 @@ what it may see, the argmax path is what it does see. Convolution and average po
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
-
 import torch
 from torch import fx, nn
 
 from ..errors import BadInputError
+from ..geometry import ReceptiveField
 from ..models.blocks import LocalResponseNorm
-
-
-@dataclass(frozen=True)
-class ReceptiveField:
-    """Per axis ``(y, x)``: window size, step between neighbouring positions, first pixel of position 0.
-
-    >>> rf = ReceptiveField(size=(7, 7), stride=(2, 2), offset=(-2, -2))
-    >>> rf.box(3, 0, image_size=224)          # top, left, bottom, right (exclusive), clipped
-    (4, 0, 11, 5)
-    """
-
-    size: tuple[int, int]
-    stride: tuple[int, int]
-    offset: tuple[int, int]
-
-    def box(self, y: int, x: int, image_size: int | tuple[int, int] | None = None) -> tuple[int, int, int, int]:
-        """The input pixels that position ``(y, x)`` sees, clipped to the image when its size is given."""
-        top = self.offset[0] + y * self.stride[0]
-        left = self.offset[1] + x * self.stride[1]
-        bottom, right = top + self.size[0], left + self.size[1]
-        if image_size is not None:
-            h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-            top, left, bottom, right = max(top, 0), max(left, 0), min(bottom, h), min(right, w)
-        return top, left, bottom, right
-
-    def as_tuple(self) -> tuple[int, int, int]:
-        """``(size, stride, offset)`` for square fields, the form the store records."""
-        if len({self.size[0], self.size[1]}) != 1 or self.stride[0] != self.stride[1] or self.offset[0] != self.offset[1]:
-            raise BadInputError(f"receptive field {self} is not square; use its per-axis fields")
-        return self.size[0], self.stride[0], self.offset[0]
 
 
 IDENTITY = ReceptiveField((1, 1), (1, 1), (0, 0))

@@ -97,7 +97,8 @@ def top_k_maps(model, dataset, r: LayerResult, transform=None, batch_size: int =
     tfm = transform.get(r.name) if isinstance(transform, dict) else transform
     for batch in iterate_batches(dataset, wanted.tolist(), batch_size=batch_size):
         with torch.inference_mode():
-            acts = model.activations(batch.images.to(model.device), r.name)[r.name]
+            layer = r.name.partition("/")[0]  # a feature layer (LAYER/SAE) reads its SAE's layer
+            acts = model.activations(batch.images.to(model.device), layer)[layer]
             if tfm is not None:
                 acts = tfm(acts)
         acts = acts.float().cpu().numpy()

@@ -272,9 +272,6 @@ def _objectives(model, units, sae=None, run=None) -> Iterable[tuple[str, Objecti
 
 def _unit_objective(model, unit: Unit, sae=None, run=None) -> Objective:
     if unit.sae is not None:
-        if sae is None and run is None:
-            raise BadInputError(f"{unit.id} is an SAE feature: pass sae= (the fitted SAE or its directory) "
-                                "or run= (a run that holds it)")
         from ..units import feature_objective
 
         return feature_objective(unit, sae=sae, run=run, model=model)

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import BadInputError, check_int
 from ..hashing import config_hash
-from ..progress import progress_bar
+from ..progress import progress_bar, progress_note
 from ..store.blobs import atomic_write
 
 FORMAT_VERSION = 1
@@ -253,6 +253,7 @@ def build_cache(model, dataset, layer: str, sampler: Sampler = Sampler(), *, roo
         raise BadInputError(f"cannot create the activation cache folder {str(directory)!r}: {e.strerror or e}") from None
     meta_path = directory / "metadata.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"config": config, "shards": [], "skipped": []}
+    progress_note(f"activation cache: {directory}" + (" (reused)" if meta.get("complete") else ""), enabled=progress)
     n_shards = -(-len(dataset) // images_per_shard)
     done = {s["index"] for s in meta["shards"]}
     bar = progress_bar(n_shards, desc=f"caching {layer}", unit="shard", initial=len(done), enabled=progress)

@@ -19,6 +19,7 @@ removes the old results and everything derived from them, so a run never mixes t
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -46,15 +47,6 @@ def vis_slot(unit: Unit, kind: str) -> str:
 
 def _prefix(unit: Unit) -> str:
     return unit.layer + (f"/{unit.sae}" if unit.sae else "")
-
-
-def store_rf(rf) -> tuple[float, float, float] | None:
-    """The store's one receptive-field convention, from a :class:`ReceptiveField` (first pixel):
-    position ``p``'s field is ``size`` pixels centred on ``offset + p * stride``."""
-    if rf is None:
-        return None
-    size, stride, start = rf.as_tuple()
-    return size, stride, start + size / 2
 
 
 class Publishing:
@@ -166,7 +158,7 @@ class Publishing:
     def _put_layer_row(self, model, name: str, channels: int, height, width, rf) -> None:
         branches = [(b.name, b.start, b.stop) for b in model.layer(name).branches] if model is not None else []
         try:
-            rf = store_rf(rf)
+            rf = None if rf is None else rf.as_tuple()  # the store keeps the field as mining computed it
         except BadInputError:  # not square: the store records square fields only
             rf = None
         self.put_layer(name, channels, height, width, branches=branches, rf=rf)
@@ -311,20 +303,29 @@ class Publishing:
             sae_name = sae if isinstance(sae, str) else sae.name
             transform = None if isinstance(sae, str) else sae
         written = 0
-        for name, r in result.layers.items():
-            if sae_name is not None:  # features of an SAE the run holds are keyed by its settings too
-                rec = self.step("sae", f"{name}/{sae_name}")
+        for key_name, r in result.layers.items():
+            name, _, named = key_name.partition("/")  # mine(..., ["LAYER/SAE"]) keys features by their SAE
+            if named and sae_name not in (None, named):
+                raise BadInputError(f"the result's {key_name!r} holds features of SAE {named}, but sae= is {sae_name}")
+            layer_sae = named or sae_name
+            if layer_sae is not None:  # features of an SAE the run holds are keyed by its settings too
+                rec = self.step("sae", f"{name}/{layer_sae}")
                 sae_settings = rec.settings if rec is not None else None
-            slot = name + (f"/{sae_name}" if sae_name else "")
+            slot = name + (f"/{layer_sae}" if layer_sae else "")
             key = mining_key(config, sae_settings)
             if self._replacing("mine", slot, key, overwrite, f"the dataset examples of {slot}"):
-                self._drop_unit_rows(name, sae_name, ("examples", "quantile_examples", "stats"))
-            maps = top_k_maps(model, dataset, r, transform) if actmaps and model is not None else None
+                self._drop_unit_rows(name, layer_sae, ("examples", "quantile_examples", "stats"))
+            maps = None
+            if actmaps and model is not None:
+                from ..units import resolve_sae
+
+                encoder = resolve_sae(slot, sae=transform, run=self, model=model) if named else transform
+                maps = top_k_maps(model, dataset, r, encoder)
             with self.batch():  # one transaction per layer: a reader sees all its units or none
-                if sae_name is None:
+                if layer_sae is None:
                     self._put_layer_row(model or _zoo_table(config.get("model")), name, r.units, r.height,
                                         r.width, r.rf)
-                written += self._write_mined_layer(result, r, dataset, sae_name, quantile_groups, maps)
+                written += self._write_mined_layer(result, r, dataset, layer_sae, quantile_groups, maps)
                 self.mark_done("mine", slot, key)
         return written
 
@@ -355,7 +356,7 @@ class Publishing:
         for sae_name, names in jobs.items():
             if sae_name and len(names) > 1:
                 raise BadInputError(f"SAE {sae_name} reads one layer; name it once, as {names[0]}/{sae_name}")
-            sae = resolve_sae(Unit(names[0], 0, sae=sae_name), run=self, model=model) if sae_name else None
+            sae = resolve_sae(f"{names[0]}/{sae_name}", run=self, model=model) if sae_name else None
             sae_settings = self.step("sae", f"{names[0]}/{sae_name}").settings if sae else None
             key = planned_mining_key(**{k: kwargs[k] for k in ("k", "mean_top_k", "hist_bins", "hist_range",
                                                               "calibration", "per_bin") if k in kwargs},
@@ -387,7 +388,7 @@ class Publishing:
     def _write_mined_layer(self, result, r, dataset, sae: str | None, quantile_groups: int,
                            maps: np.ndarray | None) -> int:
         name = r.name
-        ids = [Unit(name, u, sae=sae).id for u in range(r.units)]
+        ids = [Unit(name.partition("/")[0], u, sae=sae).id for u in range(r.units)]
         for uid in ids:
             self._add_unit(uid)
         stats = result.stats(name)
@@ -424,7 +425,8 @@ class Publishing:
     # ------------------------------------------------------------ SAEs and splits
     def add_sae(self, sae, *, path=None, settings: dict | None = None, overwrite: bool = False) -> str:
         """Record an SAE and all its features (their strongest decoder weights). ``path``: where
-        it is saved (``saes/LAYER/NAME`` inside the run by convention). ``settings``: what it was
+        it is saved inside the run; without one, or with one outside the run, the SAE is saved
+        into ``saes/LAYER/NAME``. ``settings``: what it was
         asked to be fit with (default: what ``fit_sae`` recorded). An SAE of the same layer and
         name fit with other settings is refused unless ``overwrite``, which first removes the old
         one's features, examples, visualizations and splits. Returns ``layer/name``.
@@ -442,6 +444,11 @@ class Publishing:
             raise BadInputError(f"SAE {slot} was fit on model {sae.config.model!r}, but this run holds "
                                 f"{self.info().model!r}")
         metrics = sae.metrics.to_dict() if hasattr(sae.metrics, "to_dict") else dict(sae.metrics or {})
+        if path is None or not Path(path).resolve().is_relative_to(self.path.resolve()):
+            # A run holds its own SAEs, so it travels whole and is never read outside its folder.
+            from ..sae import save_sae
+
+            path = save_sae(sae, self.sae_dir(layer, name))
         with self.batch():
             self.put_sae(name, layer, config=sae.config.to_dict(), metrics=metrics, path=path)
             for f in range(sae.n_latents):
@@ -465,7 +472,8 @@ class Publishing:
                 old = self.feature(f.unit_id)
                 self.put_feature(f.unit_id, sae=split.sae, decoder_top=old.decoder_top if old else (),
                                  freq=f.freq, mean_act=f.mean_activation)
-            self.put_split(split.layer, split.channel, sae=split.sae, features=split.to_store_rows())
+            self.put_split(split.layer, split.channel, sae=split.sae, features=split.to_store_rows(),
+                           totals=_split_totals(split))
             self.mark_done("split", f"{slot}:{split.channel}",
                            settings if settings is not None else {"top": len(split.features)})
 
@@ -495,7 +503,8 @@ class Publishing:
         with self.batch():
             self._drop_unit_rows(layer, name, _UNIT_TABLES)
             self._conn.execute("DELETE FROM units WHERE layer = ? AND sae = ?", (layer, name))
-            self._conn.execute("DELETE FROM splits WHERE layer = ? AND sae = ?", (layer, name))
+            for table in ("splits", "split_totals"):
+                self._conn.execute(f"DELETE FROM {table} WHERE layer = ? AND sae = ?", (layer, name))
             self._conn.execute("DELETE FROM saes WHERE layer = ? AND name = ?", (layer, name))
             self._conn.execute("DELETE FROM done WHERE key = ? OR substr(key, 1, ?) IN (?, ?)",
                                (slot, len(slot) + 1, slot + "|", slot + ":"))
@@ -511,8 +520,19 @@ class Publishing:
 
     def _drop_all(self) -> None:
         with self.batch():
-            for t in ("layers", "units", *_UNIT_TABLES, "saes", "splits", "circuits", "faithfulness", "done"):
+            for t in ("layers", "units", *_UNIT_TABLES, "saes", "splits", "split_totals", "circuits", "faithfulness",
+                      "done"):
                 self._conn.execute(f"DELETE FROM {t}")
+
+
+def _split_totals(split) -> dict | None:
+    """What all of a split's features and the bias write (``SplitResult``), or None when the
+    result does not say (a hand-made split)."""
+    explained, bias = getattr(split, "explained", None), getattr(split, "bias_share", None)
+    if explained is None or bias is None:
+        return None
+    return dict(explained=explained, bias_share=bias, n_samples=getattr(split, "n_samples", None),
+                n_firing=getattr(split, "n_firing", None))
 
 
 def _unit_of(result) -> str:
@@ -556,4 +576,4 @@ def _example_rows(dataset, values, index, ys, xs, labels) -> list[dict]:
             for rank, (v, i, y, x, lab) in enumerate(zip(values, index, ys, xs, labels)) if i >= 0]
 
 
-__all__ = ["Publishing", "config_hash", "model_fingerprint", "store_rf", "vis_slot"]
+__all__ = ["Publishing", "config_hash", "model_fingerprint", "vis_slot"]

@@ -25,7 +25,7 @@ class LayerRecord:
     height: int | None
     width: int | None
     branches: list[tuple[str, int, int]]            # (name, start, stop): channels [start, stop)
-    rf: tuple[float, float, float] | None           # (size, stride, offset) in input pixels
+    rf: tuple[float, float, float] | None           # (size, stride, offset): offset = first pixel of position 0
 
     def branch_of(self, channel: int) -> str | None:
         return next((name for name, a, b in self.branches if a <= channel < b), None)
@@ -139,10 +139,24 @@ class Split:
     channel: int
     sae: str
     features: list[SplitFeature]
+    # Where the channel fires, its activation = all features' writes + the decoder bias + the
+    # reconstruction error. None: not recorded (splits stored before schema 5).
+    explained: float | None = None                  # share written by all of the SAE's features
+    bias_share: float | None = None                 # share written by the decoder bias
+    n_samples: int | None = None                    # samples the split was measured on
+    n_firing: int | None = None                     # of which the channel fires (> 0) on
 
     @property
     def channel_id(self) -> str:
         return f"{self.layer}:{self.channel}"
+
+    @property
+    def error(self) -> float | None:
+        """Share left to the reconstruction error, ``1 - explained - bias_share``: negative when
+        the SAE writes more into the channel than it holds (overshoot), None when not recorded."""
+        if self.explained is None or self.bias_share is None:
+            return None
+        return 1.0 - self.explained - self.bias_share
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 An example records ``(image_id, y, x)``: a position on the layer's activation grid. Its pixels
 are recovered by reopening the data source, reproducing the model-input image with
 :func:`circuitsviz.data.preprocess_image`, and cutting out the receptive field of ``(y, x)``:
-the centre of grid position ``p`` is ``offset + p * stride`` input pixels, and the field spans
-``size`` pixels around it, clipped to the image.
+grid position ``p`` sees input pixels ``[offset + p * stride, offset + p * stride + size)``, clipped
+to the image (:mod:`circuitsviz.geometry`, the convention mining records).
 
 Renders are cached as PNGs in the user's cache folder (``$CIRCUITSVIZ_CACHE``, else
 ``$XDG_CACHE_HOME/circuitsviz/renders``, else ``~/.cache/circuitsviz/renders``), never in the run:
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import threading
 from dataclasses import dataclass
@@ -27,29 +26,29 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import BadInputError
+from ..geometry import ReceptiveField
 
 RENDER_VERSION = 2  # bump when the drawing below changes, so old cached renders are not reused
 MODES = ("crop", "full", "overlay")
 
 
 def receptive_box(rf: tuple[float, float, float] | None, y: int, x: int, input_size: int) -> tuple[int, int, int, int]:
-    """The ``(left, top, right, bottom)`` input-pixel box seen by grid position ``(y, x)``.
+    """The ``(left, top, right, bottom)`` input-pixel box seen by grid position ``(y, x)``: the
+    layer's recorded ``(size, stride, offset)`` field's :meth:`~circuitsviz.geometry.ReceptiveField.box`
+    in PIL's order.
 
-    >>> receptive_box((32, 16, 8), 0, 1, 64)     # centre (8, 24): rows 0..24 clipped, cols 8..40
+    >>> receptive_box((32, 16, -8), 0, 1, 64)    # rows -8..24 clipped to 0..24, columns 8..40
     (8, 0, 40, 24)
     >>> receptive_box(None, 3, 3, 64)            # no receptive field recorded: the whole image
     (0, 0, 64, 64)
     """
     if rf is None:
         return (0, 0, input_size, input_size)
-    size, stride, offset = rf
-    cy, cx, half = offset + y * stride, offset + x * stride, size / 2
-
-    def span(c: float) -> tuple[int, int]:
-        lo, hi = max(0, math.floor(c - half)), min(input_size, math.ceil(c + half))
-        return (lo, hi) if hi > lo else (0, input_size)
-
-    (top, bottom), (left, right) = span(cy), span(cx)
+    top, left, bottom, right = ReceptiveField.square(*rf).box(y, x, input_size)
+    if bottom <= top:  # a position whose field misses the image (a bad record): show all of it
+        top, bottom = 0, input_size
+    if right <= left:
+        left, right = 0, input_size
     return (left, top, right, bottom)
 
 

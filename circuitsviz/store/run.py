@@ -1,7 +1,7 @@
 """``Run``: one study's results on disk, written by jobs and read by the viewer and by scripts.
 
 >>> run = open_run("runs/cat", create=True)                              # doctest: +SKIP
->>> run.put_layer("mixed4e", 832, 14, 14, rf=(139, 16, 7.5))            # doctest: +SKIP
+>>> run.put_layer("mixed4e", 832, 14, 14, rf=(139, 16, -62))             # doctest: +SKIP
 >>> run.put_examples("mixed4e:55", [dict(rank=0, image_id="a.jpg", value=9.1, y=3, x=4, label=1)])  # doctest: +SKIP
 >>> [e.image_id for e in open_run("runs/cat").examples("mixed4e:55")]   # doctest: +SKIP
 ['a.jpg']
@@ -14,6 +14,7 @@ most an unreferenced PNG behind. Group several puts into one transaction with ``
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -114,10 +115,39 @@ def _check_index(root: Path, index: Path, create: bool) -> None:
     why = _sqlite_damage(index)
     if why:
         raise DamagedRunError(f"the run index {index} is damaged: {why}; " + _REPAIR.format(index=index))
+    _refuse_foreign(index, fresh_ok=create)
+
+
+def _refuse_foreign(index: Path, fresh_ok: bool) -> None:
+    """Refuse an SQLite file that another program made, before anything writes to it: it is read
+    read-only (``mode=ro``), so its tables and journal mode stay exactly as they were. A writer may
+    take a file with no tables at all (created, never committed to)."""
+    try:
+        conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=30.0)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as e:  # locked, unreadable, ...: not damage
+        raise CircuitsvizError(f"cannot open the run index {index}: {e}") from None
+    except sqlite3.DatabaseError as e:
+        raise DamagedRunError(f"the run index {index} is damaged ({e}); " + _REPAIR.format(index=index)) from None
+    if fresh_ok and not tables:
+        return
+    if version == 0 or "meta" not in tables or "units" not in tables:
+        raise DamagedRunError(
+            f"{index} is an SQLite file but not a circuitsviz run index (tables: {', '.join(sorted(tables)) or 'none'}); "
+            "it was opened read-only and left unchanged: give the run a folder of its own"
+        )
 
 
 def _opt_float(v) -> float | None:
     return None if v is None else float(v)
+
+
+def _opt_int(v) -> int | None:
+    return None if v is None else int(v)
 
 
 def _actmap_bytes(actmap) -> bytes | None:
@@ -132,7 +162,29 @@ def _actmap_bytes(actmap) -> bytes | None:
 
 
 def _actmap_array(blob: bytes | None) -> np.ndarray | None:
-    return None if blob is None else np.load(io.BytesIO(blob), allow_pickle=False).astype(np.float32)
+    if blob is None:
+        return None
+    # An .npy file is a magic string, a header (dtype, order, shape) and the raw array. Every
+    # actmap of a layer shares one header; parsing it (np.load does, with ast) costs more than
+    # reading the array, and a page reads hundreds.
+    if blob[:8] == b"\x93NUMPY\x01\x00":
+        end = 10 + int.from_bytes(blob[8:10], "little")
+        dtype, shape = _npy_header(blob[10:end])
+        if dtype is not None:
+            return np.frombuffer(blob, dtype=dtype, count=int(np.prod(shape)), offset=end).reshape(shape) \
+                .astype(np.float32)
+    return np.load(io.BytesIO(blob), allow_pickle=False).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(header: bytes) -> tuple[np.dtype | None, tuple]:
+    """dtype and shape of a C-ordered ``.npy`` header (dtype None: anything else, for np.load)."""
+    import ast
+
+    d = ast.literal_eval(header.decode("latin1"))
+    if d.get("fortran_order") or not isinstance(d.get("shape"), tuple):
+        return None, ()
+    return np.dtype(d["descr"]), d["shape"]
 
 
 class Run(Publishing, CircuitStore):
@@ -180,13 +232,7 @@ class Run(Publishing, CircuitStore):
                                    check_same_thread=False, timeout=30.0)
             try:
                 conn.execute("PRAGMA busy_timeout = 30000")
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-                if version == 0 or "meta" not in tables or "units" not in tables:
-                    raise DamagedRunError(
-                        f"{index} is an SQLite file but not a circuitsviz run index (tables: "
-                        f"{', '.join(sorted(tables)) or 'none'}); it was opened read-only and left unchanged"
-                    )
+                version = conn.execute("PRAGMA user_version").fetchone()[0]  # not foreign: _check_index
                 if version < SCHEMA_VERSION:  # upgrading would write; a reader changes nothing
                     raise StoreVersionError(f"run {str(self.path)!r} uses the older store schema {version}; "
                                             "open it once for writing (open_run(path, writable=True)) to upgrade it")
@@ -295,7 +341,8 @@ class Run(Publishing, CircuitStore):
     def put_layer(self, name: str, channels: int, height: int | None = None, width: int | None = None,
                   branches: Iterable = (), rf: tuple[float, float, float] | None = None) -> None:
         """Record a layer: width, spatial size, branch ranges ``(name, start, stop)`` (or
-        ``Branch`` objects) and receptive field ``(size, stride, offset)`` in input pixels."""
+        ``Branch`` objects) and receptive field ``(size, stride, offset)`` in input pixels, ``offset``
+        the first pixel of position 0 (``ReceptiveField.as_tuple()``, :mod:`circuitsviz.geometry`)."""
         br = [(b.name, b.start, b.stop) if hasattr(b, "start") else tuple(b) for b in branches]
         rf = None if rf is None else tuple(float(v) for v in rf)
         if rf is not None and len(rf) != 3:
@@ -423,13 +470,21 @@ class Run(Publishing, CircuitStore):
             self._conn.executemany("INSERT OR REPLACE INTO feature_writes VALUES (?, ?, ?, ?)",
                                    [(uid, unit.layer, c, w) for c, w in top])
 
-    def put_split(self, layer: str, channel: int, sae: str, features: Iterable[dict]) -> None:
+    def put_split(self, layer: str, channel: int, sae: str, features: Iterable[dict],
+                  totals: dict | None = None) -> None:
         """Record how ``sae`` splits ``layer:channel``: ranked features with ``unit_id, share,
-        cosine, freq`` (best first)."""
+        cosine, freq`` (best first), and ``totals``: ``explained, bias_share`` (optionally
+        ``n_samples, n_firing``), what all features and the bias write (None: not known)."""
         rows = list(features)
         with self.batch():
-            self._conn.execute("DELETE FROM splits WHERE layer = ? AND channel = ? AND sae = ?",
-                               (layer, int(channel), sae))
+            for table in ("splits", "split_totals"):
+                self._conn.execute(f"DELETE FROM {table} WHERE layer = ? AND channel = ? AND sae = ?",
+                                   (layer, int(channel), sae))
+            if totals is not None:
+                self._conn.execute(
+                    "INSERT INTO split_totals VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (layer, int(channel), sae, float(totals["explained"]), float(totals["bias_share"]),
+                     _opt_int(totals.get("n_samples")), _opt_int(totals.get("n_firing"))))
             for rank, f in enumerate(rows):
                 uid = self._add_unit(f["unit_id"])
                 self._conn.execute(
@@ -606,6 +661,25 @@ class Run(Publishing, CircuitStore):
             path = str(self.path / path)
         return SAERecord(name, layer, json.loads(config), json.loads(metrics), path)
 
+    def load_sae(self, name: str, layer: str | None = None, *, model=None, device=None):
+        """Load the run's SAE ``name`` (``layer/name``) from its folder inside the run. A record whose
+        path leads outside the run (a received index can say anything) is refused, so opening a run
+        never reads files elsewhere.
+
+        >>> sae = run.load_sae("mixed3b/topk8x_k1", model=model)  # doctest: +SKIP
+        """
+        from ..sae import load_sae
+
+        record = self.sae(name, layer)
+        if not record.path:
+            raise BadInputError(f"the run records SAE {record.layer}/{record.name} but not where its files are")
+        root, where = self.path.resolve(), Path(record.path).resolve()
+        if not where.is_relative_to(root):
+            raise DamagedRunError(f"run {str(self.path)!r} records SAE {record.layer}/{record.name} at {record.path!r}, "
+                                  "outside the run; a run is read only from its own folder (fit the SAE into it again, "
+                                  "or load it yourself and pass sae=)")
+        return load_sae(where, model=model, layer=record.layer, device=device)
+
     def saes(self, layer: str | None = None) -> list[SAERecord]:
         sql, args = ("SELECT * FROM saes WHERE layer = ?", (layer,)) if layer else ("SELECT * FROM saes", ())
         return [self._sae(r) for r in self._rows(sql + " ORDER BY rowid", args)]
@@ -650,9 +724,12 @@ class Run(Publishing, CircuitStore):
         if layer:
             sql, args = sql + " WHERE layer = ?", (layer,)
         groups: dict[tuple, list[SplitFeature]] = {}
-        for lay, ch, sae, _rank, uid, share, cos, freq in self._rows(sql + " ORDER BY layer, channel, sae, rank", args):
-            groups.setdefault((lay, ch, sae), []).append(SplitFeature(uid, share, cos, freq))
-        return [Split(lay, ch, sae, feats) for (lay, ch, sae), feats in groups.items()]
+        with self.snapshot():  # the features and their totals from one state of the index
+            for lay, ch, sae, _rank, uid, share, cos, freq in self._rows(sql + " ORDER BY layer, channel, sae, rank",
+                                                                          args):
+                groups.setdefault((lay, ch, sae), []).append(SplitFeature(uid, share, cos, freq))
+            totals = {tuple(r[:3]): r[3:] for r in self._rows(sql.replace("splits", "split_totals", 1), args)}
+        return [Split(lay, ch, sae, feats, *totals.get((lay, ch, sae), ())) for (lay, ch, sae), feats in groups.items()]
 
     def split(self, layer: str, channel: int | None = None, sae: str | None = None) -> Split | None:
         """The split of a channel (by ``sae``, or by the first SAE that split it), or None.

@@ -11,7 +11,7 @@ import sqlite3
 
 from ..errors import CircuitsvizError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 # JSON columns hold small, schema-free payloads (settings, metrics, branch tables);
 # everything the viewer filters or sorts on is a real column.
@@ -29,6 +29,15 @@ CREATE TABLE IF NOT EXISTS faithfulness (
     top_sources TEXT NOT NULL, top_drop REAL NOT NULL, top_low REAL, top_high REAL, random_drop REAL,
     random_low REAL, random_high REAL, draws INTEGER NOT NULL, baseline REAL, examples INTEGER, data TEXT,
     PRIMARY KEY (unit_id, source));
+"""
+
+SPLIT_TOTALS = """
+-- split_totals (schema 5): one row per split, what its per-feature rows do not add up to: the share
+-- of all the SAE's features (not only the listed ones) and of the decoder bias; the rest of the
+-- channel's activation is the reconstruction error, 1 - explained - bias_share (it can be negative).
+CREATE TABLE IF NOT EXISTS split_totals (
+    layer TEXT NOT NULL, channel INTEGER NOT NULL, sae TEXT NOT NULL, explained REAL NOT NULL,
+    bias_share REAL NOT NULL, n_samples INTEGER, n_firing INTEGER, PRIMARY KEY (layer, channel, sae));
 """
 
 SCHEMA = """
@@ -76,7 +85,7 @@ CREATE TABLE IF NOT EXISTS splits (
 -- schema 1, which did not record them) and whether it finished (complete = 0: begun).
 CREATE TABLE IF NOT EXISTS done (step TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL,
     settings TEXT, complete INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (step, key));
-""" + CIRCUIT_TABLES
+""" + CIRCUIT_TABLES + SPLIT_TOTALS
 
 # version -> SQL that upgrades version-1 to version.
 MIGRATIONS: dict[int, str] = {
@@ -93,6 +102,11 @@ ALTER TABLE done ADD COLUMN complete INTEGER NOT NULL DEFAULT 1;
 """,
     # 3: circuits and their faithfulness (circuitsviz/store/circuits.py); older rows are kept as they are.
     3: CIRCUIT_TABLES,
+    # 4: a layer's rf_offset is the first input pixel of position 0, as mining's ReceptiveField
+    # records it (circuitsviz/geometry.py); before, it was the centre of that field.
+    4: "UPDATE layers SET rf_offset = rf_offset - rf_size / 2.0 WHERE rf_offset IS NOT NULL AND rf_size IS NOT NULL;",
+    # 5: each split's totals (all features, bias); older splits have none until they are split again.
+    5: SPLIT_TOTALS,
 }
 
 

@@ -24,7 +24,7 @@ from .run import Run, open_run
 CLASSES = ("ball", "car", "cat", "curve")
 INPUT_SIZE = 64
 GRID = 8  # the layers' spatial size at INPUT_SIZE
-RF = (40.0, 8.0, 4.0)  # receptive field (size, stride, offset) of every grid position
+RF = (40.0, 8.0, -16.0)  # receptive field (size, stride, first pixel of position 0) of every grid position
 
 
 @dataclass
@@ -155,7 +155,9 @@ def write_synthetic_run(path: str | Path, channels: dict[str, int] | None = None
         if f < n_features - 1:  # the last feature stays bare (no visualization / examples)
             _write_channel(run, uid, seed * 7 + 50_000 + f, dataset, k)
         out.features.append(uid)
-    run.put_split(layer, 0, out.sae, [dict(unit_id=f"{layer}/{out.sae}:{f}", share=0.5 - 0.1 * f,
-                                           cosine=0.9 - 0.1 * f, freq=0.05) for f in range(min(3, n_features))])
+    # shares 0.4, 0.25, 0.1; all features write 0.85 of the channel, the bias 0.1, the error is the rest
+    run.put_split(layer, 0, out.sae, [dict(unit_id=f"{layer}/{out.sae}:{f}", share=0.4 - 0.15 * f,
+                                           cosine=0.9 - 0.1 * f, freq=0.05) for f in range(min(3, n_features))],
+                  totals=dict(explained=0.85, bias_share=0.1, n_samples=1000, n_firing=400))
     run.close()
     return out

@@ -11,6 +11,8 @@ Every view is a deep link: ``/compare?unit=mixed3b:7``, ``/layer?layer=mixed3b``
 
 from __future__ import annotations
 
+import functools
+
 import streamlit as st
 
 TITLES = {"layer": "Layer", "unit": "Unit", "feature": "Feature", "compare": "Compare", "circuit": "Circuit"}
@@ -20,8 +22,13 @@ ICONS = {"layer": ":material/grid_view:", "unit": ":material/neurology:", "featu
 HIDE_TOOLBAR = "<style>[data-testid='stAppDeployButton'],[data-testid='stToolbarActions']{display:none}</style>"
 
 
-def favicon():
-    """A small eye drawn here, so the browser fetches no icon from outside this server."""
+@functools.cache
+def favicon() -> str:
+    """A small eye drawn here, so the browser fetches no icon from outside this server; as a data
+    URI, drawn and encoded once per process (Streamlit would encode an image on every page view)."""
+    import base64
+    import io
+
     from PIL import Image, ImageDraw
 
     img = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
@@ -29,7 +36,9 @@ def favicon():
     d.ellipse((2, 8, 30, 24), fill=(78, 121, 167, 255))
     d.ellipse((11, 11, 21, 21), fill=(255, 255, 255, 255))
     d.ellipse((14, 14, 18, 18), fill=(20, 20, 20, 255))
-    return img
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def sidebar(pages: dict) -> None:
@@ -79,8 +88,13 @@ def main() -> None:
 
     def as_page(name, fn):
         def run_page():
+            from circuitsviz.errors import CircuitsvizError
+
             st.session_state["_page"] = name
-            fn()
+            try:
+                fn()
+            except CircuitsvizError as e:  # a damaged or tampered record: one line, not a traceback
+                st.error(f"{e} Check the run with `circuitsviz verify`.")
         run_page.__name__ = f"page_{name}"
         return run_page
 

@@ -9,6 +9,7 @@ example crops are cached outside the run (see ``circuitsviz.store.render``).
 from __future__ import annotations
 
 import base64
+import functools
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +41,16 @@ def served() -> Served:
                  "(or `streamlit run apps/viewer.py -- runs/NAME`).")
         st.stop()
     try:
-        return served_at(str(Path(path).expanduser().resolve()))
+        return served_at(_resolved(path))
     except CircuitsvizError as e:
         st.error(f"Cannot serve {path!r}: {e}")
         st.stop()
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(path: str) -> str:
+    """The absolute form of the launch path (asked for by every link a page draws)."""
+    return str(Path(path).expanduser().resolve())
 
 
 @st.cache_resource(show_spinner=False)
@@ -155,34 +162,41 @@ def revision(path: str) -> int:
 
 
 # ---------------------------------------------------------------- images
-@st.cache_data(show_spinner=False, max_entries=16)
+# Example renders already found, and each run revision's render context, shared by every session
+# of this process. Plain dicts, not ``st.cache_*``: a page asks for ~150 renders, and Streamlit's
+# per-call argument hashing would cost more than the lookups it saves.
+_RENDERED: dict[tuple, str | None] = {}
+_CONTEXTS: dict[tuple[str, int], object] = {}
+
+
 def render_context(path: str, revision: int):
-    from ..store.render import RenderContext
+    """What every render of the run needs from its index (data source, input size, receptive fields)."""
+    ctx = _CONTEXTS.get((path, revision))
+    if ctx is None:
+        from ..store.render import RenderContext
 
-    return RenderContext.of(get_run(path))
-
-
-@st.cache_resource(show_spinner=False)
-def _rendered() -> dict:
-    """Example render paths already known, shared by every session: a plain dict, because hashing
-    each call's arguments the way ``st.cache_data`` does costs more than the lookup it saves."""
-    return {}
+        ctx = _CONTEXTS[(path, revision)] = RenderContext.of(get_run(path))
+    return ctx
 
 
-def example_png(path: str, example: Example | QuantileExample, mode: str, size: int = 128) -> str | None:
-    """The render of an example (``None`` when its source image cannot be read)."""
-    key = (path, revision(path), example.unit_id, type(example).__name__,
+def example_png(path: str, example: Example | QuantileExample, mode: str, size: int = 128,
+                rev: int | None = None) -> str | None:
+    """The render of an example (``None`` when its source image cannot be read). ``rev``: the
+    run's revision, when the caller has it at hand."""
+    rev = revision(path) if rev is None else rev
+    key = (path, rev, example.unit_id, type(example).__name__,
            getattr(example, "rank", getattr(example, "bin", 0)), example.image_id, example.y, example.x, mode, size)
-    known = _rendered()
-    if key not in known:
+    if key not in _RENDERED:
         from ..store.render import render_example
 
+        if len(_RENDERED) > 200_000:  # a long-lived viewer of a run a job keeps writing: start afresh
+            _RENDERED.clear()
+
         try:
-            known[key] = str(render_example(get_run(path), example, mode, size,
-                                            context=render_context(path, revision(path))))
+            _RENDERED[key] = str(render_example(get_run(path), example, mode, size, context=render_context(path, rev)))
         except (CircuitsvizError, OSError, KeyError, ValueError):
-            known[key] = None
-    return known[key]
+            _RENDERED[key] = None
+    return _RENDERED[key]
 
 
 def image_url(png: str | Path | None, check: bool = True) -> str | None:

@@ -127,8 +127,9 @@ def render() -> None:
     cc = evidence.concept_count(view.stats)
     st.markdown(f"**{view.unit.id}** responds to **{', '.join(concepts) or '–'}** "
                 f"(concept count {cc if cc is not None else '–'}). SAE **{split.sae}** splits it into "
-                f"{len(split.features)} features; the bar shows the share of the channel's activation each writes.",
-                help=HELP["share"])
+                f"{len(split.features)} features; the bar divides the channel's activation, where it fires, into "
+                "what each of them writes, the SAE's other features, its bias and the reconstruction error.",
+                help=HELP["share"] + " " + HELP["bias"] + " " + HELP["error"])
     share_bar(split, dominant)
     mode = default_mode(view)
     tags = tags_for(view, [(fv, f.cosine) for fv, f in fviews], colours)
@@ -137,7 +138,7 @@ def render() -> None:
         st.subheader(f"Channel {view.unit.id}")
         link("unit", "open its unit page", run, unit=view.unit.id, layer=view.unit.layer)
         circuit_link(st, run, view.unit.id)
-        visualizations(run, view, model, missing=False)
+        visualizations(run, view, model, scale=1, missing=False)
         concept_chart(view)
         st.markdown("**Top examples**, tagged with the feature that explains most of each",
                     help="The coloured square is the split feature whose activation times decoder cosine is largest "

@@ -12,6 +12,8 @@ mixed3b:7 -> star, rings, wheel
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..errors import BadInputError, check_int
 from ..store import Run, Split, Stats
 
@@ -22,6 +24,54 @@ def concept_means(stats: Stats | None) -> dict[str, float]:
     """Mean image-level activation per concept (label), as mining recorded it; ``{}`` when absent."""
     means = (stats.scores or {}).get("concept_means") if stats else None
     return {str(k): float(v) for k, v in (means or {}).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ConceptMax:
+    """The largest image-level activation of one concept, as far as the run's records tell."""
+
+    value: float
+    exact: bool   # False: a lower bound (the true maximum lies between ``value`` and ``bound``)
+    bound: float | None = None
+
+
+def concept_maxima(stats: Stats | None, examples, quantiles, classes: list[str] | None) -> dict[str, ConceptMax]:
+    """Max image-level activation per concept. Recorded by mining (``scores["concept_max"]``)
+    where it is; else read off the unit's examples: the top-k are the k images with the largest
+    image-level activation, so a concept with an image among them has its maximum there (exact);
+    any other concept's maximum lies between the larger of its best example across the activation
+    range and its mean, and the top-k cut-off (a lower bound, shown as such).
+
+    >>> from circuitsviz.store import Example, QuantileExample
+    >>> top = [Example("u", "max", 0, "a", 9.0, 0, 0, label=0), Example("u", "max", 1, "b", 7.0, 0, 0, label=0)]
+    >>> q = [QuantileExample("u", 2, "c", 3.0, 0, 0, label=1)]
+    >>> m = concept_maxima(None, top, q, ["car", "cat"])
+    >>> m["car"], m["cat"]
+    (ConceptMax(value=9.0, exact=True, bound=None), ConceptMax(value=3.0, exact=False, bound=7.0))
+    """
+    recorded = (stats.scores or {}).get("concept_max") if stats else None
+    if recorded:
+        return {str(k): ConceptMax(float(v), True) for k, v in recorded.items() if v is not None}
+
+    def name(label: int) -> str | None:
+        if label is None or label < 0:
+            return None
+        return classes[label] if classes and label < len(classes) else str(label)
+
+    out: dict[str, ConceptMax] = {}
+    for e in examples:
+        if (c := name(e.label)) is not None and (c not in out or e.value > out[c].value):
+            out[c] = ConceptMax(float(e.value), True)
+    cut = min((e.value for e in examples), default=None)
+    bound = None if cut is None else float(cut)
+    for q in quantiles:
+        c = name(q.label)
+        if c is not None and (c not in out or (not out[c].exact and q.value > out[c].value)):
+            out[c] = ConceptMax(float(q.value), False, bound)
+    for c, mean in concept_means(stats).items():  # a maximum is at least the mean
+        if c not in out or (not out[c].exact and mean > out[c].value):
+            out[c] = ConceptMax(mean, False, bound)
+    return out
 
 
 def concepts(stats: Stats | None, ratio: float = CONCEPT_RATIO) -> list[str]:

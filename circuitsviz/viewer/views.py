@@ -11,7 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from . import evidence
-from .common import UnitView, command, esc, example_png, fmt, image_url, placeholder
+from .common import UnitView, command, esc, example_png, fmt, image_url, placeholder, revision
 
 VIS_TITLES = {"positive": "positive", "negative": "negative", "neuron": "neuron", "diversity": "diversity"}
 VIS_FLAGS = {"neuron": "--neuron", "negative": "--negative", "diversity": "--diversity 1000"}
@@ -31,6 +31,11 @@ HELP = {
               "common label. 1.00 means every top example is one concept.",
     "share": "Share: the fraction of the channel's total activation (summed over the positions where it fires) "
              "that this feature writes through its decoder weight on the channel.",
+    "cmax": "Max: the largest image-level activation among the concept's images (read off the top examples; "
+            "a lower bound, marked ≥, for a concept with no image among them).",
+    "bias": "Bias: the share the SAE's decoder bias writes into the channel (the same at every position).",
+    "error": "Error: the share of the channel's activation the SAE does not reconstruct, 1 - all features - "
+             "bias; negative when the SAE writes more than the channel holds.",
     "cosine": "Cosine between the feature's decoder direction and the channel's axis: 1 means the feature "
               "writes only into this channel.",
     "objective": "The objective value the visualization reached: the unit's mean activation on the "
@@ -61,8 +66,10 @@ CSS = """<style>
 .cv-bar{display:flex;align-items:center;gap:6px;margin:1px 0}
 .cv-bar .cv-name{width:90px;text-align:right;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .cv-bar .cv-track{position:relative;flex:1;height:13px;background:#f3f3f3}
-.cv-bar .cv-fill{height:13px}
-.cv-bar .cv-val{width:46px;font-variant-numeric:tabular-nums}
+.cv-bar .cv-fill{position:absolute;left:0;top:3px;height:7px}
+.cv-bar .cv-maxfill{position:absolute;left:0;top:0;height:13px;background:#f3c2c3}
+.cv-bar .cv-bound{background:linear-gradient(90deg,#f3c2c3 70%,transparent)}
+.cv-bar .cv-val{width:104px;white-space:nowrap;font-variant-numeric:tabular-nums}
 .cv-thresh{position:absolute;top:-2px;bottom:-2px;border-left:2px dashed #333}
 .cv-share{display:flex;height:26px;border-radius:4px;overflow:hidden;border:1px solid #ccc}
 .cv-share div{height:100%}
@@ -73,6 +80,7 @@ CSS = """<style>
 .cv-hticks span{position:absolute;transform:translateX(-50%)}
 .cv-haxis{font-size:11px;color:#666;text-align:center}
 .cv-legend{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:12px;margin-top:4px}
+.cv-note{font-size:11px;color:#666;margin-top:2px}
 </style>"""
 
 
@@ -111,6 +119,7 @@ def default_mode(view: UnitView) -> str:
 def example_cells(run: str, examples, mode: str, classes, width: int = 96, tags: dict | None = None,
                   limit: int | None = None) -> list[str]:
     out = []
+    rev = revision(run)
     for e in list(examples)[:limit]:
         label = label_of(e, classes)
         tag = (tags or {}).get((e.image_id, e.y, e.x))
@@ -118,13 +127,16 @@ def example_cells(run: str, examples, mode: str, classes, width: int = 96, tags:
         title = f"{e.image_id} at ({e.y}, {e.x}): activation {e.value:.4g}" + (f", label {label}" if label else "")
         if tag:
             title += f"; explained most by {tag[0]}"
-        out.append(cell(image_url(example_png(run, e, mode), check=False), caption, title, width, tag=tag[1] if tag else None,
+        out.append(cell(image_url(example_png(run, e, mode, rev=rev), check=False), caption, title, width, tag=tag[1] if tag else None,
                         attrs=f'data-example="{esc(e.image_id)}"' + (f' data-tag="{esc(tag[0])}"' if tag else "")))
     return out
 
 
-def visualizations(run: str, view: UnitView, model: str | None, scale: int = 2, missing: bool = True) -> None:
-    """The unit's renders at ×``scale`` (click to enlarge); the missing kinds in one line."""
+def visualizations(run: str, view: UnitView, model: str | None, scale: int = 2, missing: bool = True,
+                   others: int = 1) -> None:
+    """The unit's renders, click to enlarge: the positive one at ×``scale``, the negative, neuron
+    and diversity ones at ×``others`` (seven renders at ×2 would fill the first screen); the
+    missing kinds in one line."""
     by_kind: dict[str, list] = {}
     for v in view.vis:
         by_kind.setdefault(v.kind, []).append(v)
@@ -136,7 +148,8 @@ def visualizations(run: str, view: UnitView, model: str | None, scale: int = 2, 
         for v in by_kind.get(kind, [])[:4]:
             cap = VIS_TITLES[kind] + (f" {fmt(v.objective)}" if v.objective is not None and kind != "diversity" else "")
             cells.append(cell(image_url(v.path), cap, f"{kind} visualization; objective {fmt(v.objective, 4)} "
-                              "(the unit's mean activation on the image)", width=min(v.width * scale, 160),
+                              "(the unit's mean activation on the image)",
+                              width=min(v.width * (scale if kind == "positive" else others), 160),
                               attrs=f'data-vis="{kind}"'))
     html(grid(cells, "cv-vis"))
     absent = [k for k in ("neuron", "negative", "diversity") if k not in by_kind]
@@ -162,30 +175,44 @@ def top_examples(run: str, view: UnitView, model: str | None, key: str, limit: i
 
 # ---------------------------------------------------------------- charts
 def concept_chart(view: UnitView) -> int:
-    """Mean image-level activation per concept with the half-of-best threshold; returns how many
-    concepts reach it."""
+    """Mean and max image-level activation per concept, with the half-of-best-mean threshold;
+    returns how many concepts reach it. Both share one axis (0 to the largest value shown): the
+    mean is the solid bar, the max the pale bar behind it (hatched at its end when it is only a
+    lower bound; see :func:`evidence.concept_maxima`)."""
     means = evidence.concept_means(view.stats)
-    st.markdown("**Mean activation per concept**", help=HELP["concepts"])
+    st.markdown("**Activation per concept**: mean (bar) and max (pale)", help=HELP["concepts"] + " " + HELP["cmax"])
     if not means:
         st.caption("the dataset is unlabelled" if not view.classes else
                    "no per-concept means recorded (re-mine with this version to record them)")
         return 0
+    maxima = evidence.concept_maxima(view.stats, view.examples, view.quantiles, view.classes)
     best = max(means.values())
     thresh = evidence.CONCEPT_RATIO * best
+    scale = max([best, *(m.value for m in maxima.values())]) or 1.0
     rows = []
     above = 0
     for name, m in sorted(means.items(), key=lambda t: -t[1]):
         on = best > 0 and m >= thresh
         above += on
-        w = 100 * max(m, 0) / best if best > 0 else 0
-        rows.append(f'<div class="cv-bar" data-concept="{esc(name)}" data-mean="{m:.6g}" data-above="{int(on)}">'
-                    f'<span class="cv-name">{esc(name)}</span><span class="cv-track">'
-                    f'<div class="cv-fill" style="width:{w:.1f}%;background:{"#e15759" if on else "#c9c9c9"}"></div>'
-                    f'<div class="cv-thresh" style="left:{100 * evidence.CONCEPT_RATIO:.0f}%"></div></span>'
-                    f'<span class="cv-val">{m:.3g}</span></div>')
+        mx = maxima.get(name)
+        max_attrs, max_bar, max_text = "", "", "max –"
+        if mx is not None:
+            max_attrs = f' data-max="{mx.value:.6g}" data-exact="{int(mx.exact)}"'
+            max_bar = (f'<div class="cv-maxfill{"" if mx.exact else " cv-bound"}" '
+                       f'style="width:{100 * max(mx.value, 0) / scale:.1f}%"></div>')
+            max_text = f"max {'' if mx.exact else '≥'}{mx.value:.3g}"
+        tip = f"{name}: mean {m:.4g}, {max_text}" + ("" if mx is None or mx.exact else
+                                                     f" (at most the top-k cut-off {mx.bound:.4g})")
+        rows.append(f'<div class="cv-bar" data-concept="{esc(name)}" data-mean="{m:.6g}" data-above="{int(on)}"'
+                    f'{max_attrs} title="{esc(tip)}"><span class="cv-name">{esc(name)}</span><span class="cv-track">'
+                    f'{max_bar}<div class="cv-fill" style="width:{100 * max(m, 0) / scale:.1f}%;'
+                    f'background:{"#e15759" if on else "#9a9a9a"}"></div>'
+                    f'<div class="cv-thresh" style="left:{100 * thresh / scale:.1f}%"></div></span>'
+                    f'<span class="cv-val">{m:.3g} · {esc(max_text)}</span></div>')
     html(f'<div class="cv-bars cv-concepts" data-threshold="{thresh:.6g}" data-reaching="{above}">{"".join(rows)}'
-         f'<div style="font-size:11px;color:#666">dashed: half of the best concept ({thresh:.3g}); '
-         f'{above} concept{"s" if above != 1 else ""} reach it</div></div>')
+         f'<div style="font-size:11px;color:#666">dashed: half of the best concept\'s mean ({thresh:.3g}); '
+         f'{above} concept{"s" if above != 1 else ""} reach it. ≥: a lower bound (no image of that concept '
+         f'among the top examples)</div></div>')
     return above
 
 
@@ -259,10 +286,11 @@ def metrics(view: UnitView) -> None:
 
 
 # ---------------------------------------------------------------- the split
-def share_parts(split, view_stats=None) -> list[tuple[str, float, str]]:
+def share_parts(split) -> list[tuple[str, float, str]]:
     """The stacked bar's parts ``(label, share, colour)``: every listed feature, then the rest. When
-    the split records the share of all features and of the bias, the rest is split into the other
-    features, the bias and the reconstruction error; otherwise it is one part."""
+    the split records the share of all features and of the bias (``explained``, ``bias_share``),
+    the rest is split into the other features, the bias and the reconstruction error, and the
+    parts add up to the channel's whole activation; otherwise the rest is one part."""
     parts = [(f.unit_id, f.share or 0.0, PALETTE[i % len(PALETTE)]) for i, f in enumerate(split.features)]
     top = sum(p[1] for p in parts)
     explained, bias = getattr(split, "explained", None), getattr(split, "bias_share", None)
@@ -275,17 +303,33 @@ def share_parts(split, view_stats=None) -> list[tuple[str, float, str]]:
 
 
 def share_bar(split, concepts_of: dict[str, str]) -> None:
-    """How much of the channel's activation each feature writes, as one bar that sums to 100%."""
+    """How much of the channel's activation each feature writes, as one bar that sums to 100%.
+
+    A part can be negative (a bias below zero, an SAE that writes more than the channel holds: a
+    negative error). A bar cannot draw that, so such a part is drawn with no width, the positive
+    parts fill the bar in proportion, and a note under it gives the signed values."""
     parts = share_parts(split)
     positive = sum(max(s, 0.0) for _, s, _ in parts) or 1.0
     segs, legend = [], []
     for label, share, colour in parts:
         concept = concepts_of.get(label)
         name = label.rsplit(":", 1)[-1] if "/" in label else label
-        text = f"{'#' + name if '/' in label else name}{' ' + concept if concept else ''} {share:.1%}"
+        value = f"{share:+.1%}" if share < 0 else f"{share:.1%}"
+        text = f"{'#' + name if '/' in label else name}{' ' + concept if concept else ''} {value}"
         segs.append(f'<div data-part="{esc(label)}" data-share="{share:.6f}" title="{esc(label)}: {share:.1%}'
                     f'{" · " + esc(concept) if concept else ""}" style="width:{100 * max(share, 0) / positive:.3f}%;'
                     f'background:{colour}"></div>')
         legend.append(f'<span><span class="cv-tag" style="background:{colour}"></span>{esc(text)}</span>')
+    negative = [(label, s) for label, s, _ in parts if s < -5e-4]
+    notes = []
+    if negative:
+        notes.append(f"{' and '.join(f'{label} {s:+.1%}' for label, s in negative)} below zero: drawn with no "
+                     f"width, the other parts fill the bar in proportion (they add up to {positive:.1%})"
+                     + (". A negative error: the SAE writes more into the channel than it holds"
+                        if any(label == "error" for label, _ in negative) else ""))
+    if getattr(split, "explained", None) is None:
+        notes.append("this split did not record the share of all features and of the bias; split the channel "
+                     "again to show them apart")
+    note = "".join(f'<div class="cv-note">{esc(n)}.</div>' for n in notes)
     html(f'<div class="cv-sharebar" data-total="{sum(s for _, s, _ in parts):.6f}">'
-         f'<div class="cv-share">{"".join(segs)}</div><div class="cv-legend">{"".join(legend)}</div></div>')
+         f'<div class="cv-share">{"".join(segs)}</div><div class="cv-legend">{"".join(legend)}</div>{note}</div>')
