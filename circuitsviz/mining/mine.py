@@ -130,6 +130,7 @@ class _LayerState:
         self.bin_pos = torch.full((units, bins, per_bin), -1, dtype=torch.long, device=device)
         self.bin_fill = torch.zeros(units, bins, dtype=torch.long, device=device)
         self.label_sum = torch.zeros(units, 0, dtype=torch.float64, device=device)
+        self.label_max = torch.zeros(units, 0, device=device)
 
     def update(self, acts: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor) -> None:
         flat = acts.flatten(2)                       # N x U x HW
@@ -156,7 +157,11 @@ class _LayerState:
             if need > self.label_sum.shape[1]:
                 grow = torch.zeros(units, need - self.label_sum.shape[1], dtype=torch.float64, device=peak.device)
                 self.label_sum = torch.cat([self.label_sum, grow], dim=1)
+                if self.label_max is not None:
+                    self.label_max = torch.cat([self.label_max, torch.full_like(grow, -torch.inf, dtype=peak.dtype)], 1)
             self.label_sum.index_add_(1, labels[known], peak[:, known].double())
+            if self.label_max is not None:  # the max per concept, shown beside the mean by the viewer
+                self.label_max.index_reduce_(1, labels[known], peak[:, known], "amax")
 
     def to_result(self, name: str, rf) -> LayerResult:
         np_ = lambda t: t.detach().cpu().numpy()  # noqa: E731
@@ -171,7 +176,7 @@ class _LayerState:
             mean_sum=np_(self.mean_sum), max=np_(self.max), positive=np_(self.positive),
             hist_edges=np_(self.edges), hist_counts=np_(self.hist),
             bin_index=np_(self.bin_index), bin_value=np_(self.bin_value), bin_pos=np_(self.bin_pos),
-            label_sum=np_(self.label_sum), **extra,
+            label_sum=np_(self.label_sum), label_max=None if self.label_max is None else np_(self.label_max), **extra,
         )
 
     @classmethod
@@ -187,6 +192,8 @@ class _LayerState:
         self.bin_index, self.bin_value, self.bin_pos = t(r.bin_index), t(r.bin_value), t(r.bin_pos)
         self.bin_fill = (self.bin_index >= 0).sum(dim=2)
         self.label_sum = t(r.label_sum)
+        # A checkpoint written before maxima were recorded resumes without them: the viewer then bounds them.
+        self.label_max = None if r.label_max is None else t(r.label_max)
         return self
 
 
