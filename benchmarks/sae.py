@@ -26,6 +26,8 @@ import torch
 from circuitsviz.sae import TopKSAE, fit_sae
 from circuitsviz.sae.train import make_optimizer, train_step
 
+TRUTH_SEED = 1  # not 0, the SAE's own init seed (see main)
+
 
 def dense_reference_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> float:
     """The same TopK step written densely: z is N x F, x_hat = z @ W_dec."""
@@ -100,15 +102,19 @@ def main() -> None:
 
     if args.fit_steps <= 0:
         return
-    x, truth = synthetic(d, n_true=4 * d, active=k, samples=args.fit_steps * args.batch // 2 + 20000, seed=0,
-                         device=args.device)
+    # The truth's seed must differ from the SAE's (fit_sae draws its initial decoder from a
+    # generator seeded 0, same width): with seed 0 the planted directions *are* its first rows,
+    # and MMCS reads ~1.0 before any training. peers_sae.py plants with seed 1 too.
+    x, truth = synthetic(d, n_true=4 * d, active=k, samples=args.fit_steps * args.batch // 2 + 20000,
+                         seed=TRUTH_SEED, device=args.device)
     t = time.perf_counter()
     sae = fit_sae(None, x, "synthetic", expansion=f // d, k=k, steps=args.fit_steps, batch_size=args.batch,
                   progress=False)
     w = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
     mmcs = float((truth @ w.T).max(1).values.mean())
     m = sae.metrics
-    print(f"fit on synthetic ground truth ({len(x)} samples of {truth.shape[0]} planted directions, "
+    print(f"fit on synthetic ground truth ({len(x)} samples of {truth.shape[0]} planted directions drawn with "
+          f"seed {TRUTH_SEED}, the SAE's init with seed 0, "
           f"{args.fit_steps} steps x {args.batch}, {time.perf_counter() - t:.0f} s): "
           f"held-out FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}, MMCS {mmcs:.3f}")
 

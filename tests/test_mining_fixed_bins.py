@@ -1,8 +1,6 @@
-"""Mining with fixed histogram bins (no calibration pass) and positions found only for the winners."""
+"""Mining with fixed histogram bins (no calibration pass), and every map's max and position."""
 
 from __future__ import annotations
-
-import importlib
 
 import numpy as np
 import pytest
@@ -12,11 +10,7 @@ from circuitsviz.mining import mine
 from .test_mining import BATCH, Images, brute_force, tiny_model
 
 
-@pytest.mark.parametrize("lazy_after", [0, 1, 10**9])
-def test_fixed_bins_match_brute_force_counts_and_positions(monkeypatch, lazy_after):
-    # 0: positions found only for the pairs that enter, from the first batch on; 1: from the
-    # second batch on (k=5 images seen); 10**9: max-with-indices throughout.
-    monkeypatch.setattr(importlib.import_module("circuitsviz.mining.mine"), "_LAZY_AFTER", lazy_after)
+def test_fixed_bins_match_brute_force_counts_and_positions():
     model, data = tiny_model(), Images()
     lo, hi, bins = 0.0, 3.0, 6
     result = mine(model, data, ["1", "4"], k=5, batch_size=BATCH, progress=False, mean_top_k=True,
@@ -50,3 +44,31 @@ def test_empty_shard_with_fixed_bins_still_knows_the_layer_shapes():
     assert (result.layers["1"].units, result.layers["1"].height) == (8, 16)
     assert (result.layers["4"].units, result.layers["4"].height) == (6, 6)
     assert result.layers["4"].hist_counts.sum() == 0 and (result.layers["4"].top_index == -1).all()
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_map_max_is_max_over_the_flattened_map_to_the_bit(channels_last):
+    # The max pool that finds every map's max and position must give what max(dim=2) gives,
+    # value and index, also where the max repeats (first one wins), on constant, -inf and NaN maps.
+    import torch
+
+    from circuitsviz.mining.mine import _map_max
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(5, 7, 9, 11), (3, 4, 1, 1), (2, 6, 14, 14)]:
+        acts = torch.randn(shape, generator=g).round(decimals=1).relu()   # many exact ties, many zeros
+        acts[0, 1] = 0.0
+        acts[0, 2] = float("-inf")
+        spots = acts[1, 0].view(-1)
+        spots[[spots.numel() // 2, -1]] = 50.0                            # the max twice: the first wins
+        for dtype in (torch.float32, torch.float64):
+            a = acts.to(dtype)
+            a = a.contiguous(memory_format=torch.channels_last) if channels_last else a.contiguous()
+            peak, where = _map_max(a)
+            want = a.flatten(2).max(dim=2)
+            assert torch.equal(peak, want.values) and torch.equal(where, want.indices)
+            a = a.clone()
+            a[1, 1].view(-1)[[0, -1]] = float("nan")                      # the pool would keep the last NaN
+            peak, where = _map_max(a)
+            want = a.flatten(2).max(dim=2)
+            assert torch.equal(where, want.indices) and torch.equal(peak.isnan(), want.values.isnan())

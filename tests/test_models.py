@@ -265,6 +265,112 @@ def test_pre_relu_concat_is_relu_free_version_of_mixed_layer(inception):
     assert (acts["mixed3b_pre_relu"] < 0).any()
 
 
+def test_each_requested_layer_is_bit_identical_to_the_full_forwards(inception):
+    # Asked for alone, a layer is computed with the pre-ReLU maps nobody reads overwritten (ReLU
+    # and LRN in place) and the forward stopped after it; asking for every layer keeps them all
+    # and runs to the end. Not one bit may differ, nor may the output of a forward with no hook.
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(5))
+    full = inception.activations(x, inception.layer_names, _stop=False)
+    for name in ("conv2d0", "conv2d1_pre_relu", "conv2d2", "mixed3a", "mixed3b_3x3", "mixed4a_pre_relu",
+                 "mixed4e", "mixed5b", "softmax2_pre_activation_matmul", "softmax2"):
+        alone = inception.activations(x, [name])[name]
+        assert torch.equal(alone, full[name]), name
+    with torch.no_grad():
+        assert torch.equal(inception(x), full["softmax2"])
+
+
+def test_the_image_gradient_is_the_same_with_the_pre_relu_maps_overwritten_or_kept(inception):
+    # Requesting every conv's pre-ReLU map keeps them (ReLU out of place); a plain request
+    # rectifies in place. ReLU's backward reads its output, so the gradients must agree exactly.
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    kept = [n for n in inception.layer_names if n.endswith("_pre_relu") and n.startswith(("conv2d", "mixed3"))]
+    grads = []
+    for layers in (["mixed3b"], ["mixed3b"] + kept):
+        act = inception.activations(x, layers, grad=True, check=False)["mixed3b"]
+        grads.append(torch.autograd.grad(act[:, 7].square().mean(), x)[0])
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_a_forward_keeps_no_pre_relu_map_that_nobody_asked_for(inception, monkeypatch):
+    # Wrap every conv's forward (a hook would make the net keep its output) to hold a weak
+    # reference to what it returns, and look at what is still alive when mixed3b is computed.
+    import weakref
+
+    refs = {}
+    for name, module in inception.net.named_modules():
+        if name.endswith("_pre_relu_conv"):
+            def forward(x, _orig=module.forward, _name=name[:-len("_pre_relu_conv")]):
+                out = _orig(x)
+                refs[_name] = weakref.ref(out)
+                return out
+            monkeypatch.setattr(module, "forward", forward)
+    seen = {}
+
+    def probe(_module, _inputs, _output):
+        for name, ref in refs.items():
+            if ref() is not None:
+                seen[name] = bool((ref() >= 0).all())
+
+    handle = inception.net.mixed3b.register_forward_hook(probe)
+    try:
+        inception.activations(torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(7)), ["mixed3b"])
+    finally:
+        handle.remove()
+    # Only the four maps the concat reads are alive, and each was rectified in place: the stem's
+    # conv2d0 map, the bottlenecks and every distinct pre-ReLU map are gone.
+    assert seen == {f"mixed3b_{b}": True for b in ("1x1", "3x3", "5x5", "pool_reduce")}
+    assert len(refs) == 15 and all(ref() is None for ref in refs.values())  # and nothing outlives the call
+
+
+def test_pre_relu_maps_that_someone_reads_are_not_overwritten(inception):
+    x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(8))
+    acts = inception.activations(x, ["conv2d2_pre_relu", "conv2d2", "mixed3b_1x1_pre_relu", "mixed3b_1x1"])
+    for name in ("conv2d2", "mixed3b_1x1"):
+        assert (acts[f"{name}_pre_relu"] < 0).any()
+        assert torch.equal(acts[name], acts[f"{name}_pre_relu"].clamp(min=0))
+    # An intervention that returns a tensor of its own gets it back untouched.
+    shape = inception.activations(x, ["mixed3a_1x1_pre_relu"])["mixed3a_1x1_pre_relu"].shape
+    mine = torch.randn(shape, generator=torch.Generator().manual_seed(9))
+    before = mine.clone()
+    inception.run_with_hooks(x, {"mixed3a_1x1_pre_relu": lambda a: mine})
+    assert torch.equal(mine, before)
+
+
+def test_the_linearised_net_gives_the_same_maps_with_pre_relu_maps_overwritten_or_kept(inception):
+    # circuits.linearised swaps each ReLU's forward for the identity, which must take the
+    # in-place call too; its maps must not depend on which pre-ReLU layers are read.
+    from circuitsviz.circuits.linear import linearised
+
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(11))
+    kept = [n for n in inception.layer_names if n.endswith("_pre_relu") and n.startswith(("conv2d", "mixed3a"))]
+    with linearised(inception.net):
+        plain = inception.activations(x, ["mixed3a"])["mixed3a"]
+        full = inception.activations(x, ["mixed3a"] + kept)["mixed3a"]
+    assert (plain < 0).any()  # the ReLUs really were the identity
+    assert torch.equal(plain, full)
+
+
+def test_an_fx_trace_of_the_net_keeps_every_relu_out_of_place(inception):
+    # torchvision's create_feature_extractor freezes the forward into a graph that may return a
+    # conv's output (a *_pre_relu layer): the traced ReLUs must not overwrite it.
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from circuitsviz.models import blocks
+
+    leaves = [blocks.LocalResponseNorm, blocks.StemConv2d, blocks.Concat, blocks.SamePad2d, blocks.SameMaxPool2d]
+    net = inception.net
+    extractor = create_feature_extractor(net, return_nodes={"mixed3a_1x1_pre_relu_conv": "pre", "conv2d2": "post"},
+                                         tracer_kwargs={"leaf_modules": leaves})
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        got = extractor(inception.preprocess(images))
+    want = inception.activations(images, ["mixed3a_1x1_pre_relu", "conv2d2"])
+    assert (got["pre"] < 0).any()
+    torch.testing.assert_close(got["pre"], want["mixed3a_1x1_pre_relu"])
+    torch.testing.assert_close(got["post"], want["conv2d2"])
+    assert not any(node.target is torch.relu_ for node in extractor.graph.nodes)
+
+
 def test_skipped_branches_change_nothing_that_is_read_forward_or_backward(inception):
     # mixed3b:379 and :330 lie in the 5x5 branch (channels 320..415); the 1x1, 3x3 and pool
     # branches are skipped. The read channels and the image gradient must be what a full pass gives.

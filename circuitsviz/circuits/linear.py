@@ -27,8 +27,8 @@ RELUS = (nn.ReLU, _BlockReLU)
 MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
+def _identity(x: torch.Tensor, *_flags, **_kwflags) -> torch.Tensor:
+    return x  # the net may pass ReLU flags (``inplace=``): the identity ignores them
 
 
 def _as_average(pool: nn.Module):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.blocks import Concat, ReLU
+from ..models.blocks import Concat, ReLU, rectify
 from ..models.weights import WeightsSpec, default_weights_dir
 from ..models.wrapper import Branch, LayerInfo
 
@@ -82,24 +82,30 @@ class DemoNet(nn.Module):
         setattr(self, f"{name}_pre_relu_bn", nn.BatchNorm2d(cout))
         setattr(self, name, ReLU())
 
-    def _conv(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pre = getattr(self, f"{name}_pre_relu_bn")(getattr(self, f"{name}_pre_relu_conv")(x))
-        return pre, getattr(self, name)(pre)
+    def _conv(self, name: str, x: torch.Tensor, pres: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``relu(bn(conv(x)))``; the pre-ReLU map is appended to ``pres`` when given (and only then kept)."""
+        bn = getattr(self, f"{name}_pre_relu_bn")
+        pre = bn(getattr(self, f"{name}_pre_relu_conv")(x))
+        if pres is not None:
+            pres.append(pre)
+        return rectify(getattr(self, name), bn, pre, keep=pres is not None)
 
     def _mixed(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        pre1, out1 = self._conv(f"{name}_1x1", x)
-        pre3, out3 = self._conv(f"{name}_3x3", self._conv(f"{name}_3x3_bottleneck", x)[1])
-        pre5, out5 = self._conv(f"{name}_5x5", self._conv(f"{name}_5x5_bottleneck", x)[1])
-        prep, outp = self._conv(f"{name}_pool_reduce", getattr(self, f"{name}_pool")(x))
-        if getattr(self, f"{name}_pre_relu")._forward_hooks:  # only built when someone asks for it
-            getattr(self, f"{name}_pre_relu")(pre1, pre3, pre5, prep)
+        pre_concat = getattr(self, f"{name}_pre_relu")
+        pres: list[torch.Tensor] | None = [] if pre_concat._forward_hooks else None  # only built when asked for
+        out1 = self._conv(f"{name}_1x1", x, pres)
+        out3 = self._conv(f"{name}_3x3", self._conv(f"{name}_3x3_bottleneck", x), pres)
+        out5 = self._conv(f"{name}_5x5", self._conv(f"{name}_5x5_bottleneck", x), pres)
+        outp = self._conv(f"{name}_pool_reduce", getattr(self, f"{name}_pool")(x), pres)
+        if pres is not None:
+            pre_concat(*pres)
+            del pres
         return getattr(self, name)(out1, out3, out5, outp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, x = self._conv("conv2d0", x)
-        x = self.maxpool0(x)
-        _, x = self._conv("conv2d1", x)
-        _, x = self._conv("conv2d2", x)
+        x = self.maxpool0(self._conv("conv2d0", x))
+        x = self._conv("conv2d1", x)
+        x = self._conv("conv2d2", x)
         x = self.maxpool1(x)
         for name in MIXED:
             x = self._mixed(name, x)

@@ -10,8 +10,8 @@ from .stats import merge_bin_examples
 from .topk import merge_top_k
 
 
-def _pad_columns(a: np.ndarray, width: int) -> np.ndarray:
-    return np.pad(a, ((0, 0), (0, width - a.shape[1])))
+def _pad_columns(a: np.ndarray, width: int, fill: float = 0) -> np.ndarray:
+    return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
 
 
 def merge(results: list[MiningResult]) -> MiningResult:
@@ -67,7 +67,9 @@ def merge(results: list[MiningResult]) -> MiningResult:
             max=np.max([p.max for p in parts], axis=0), positive=np.sum([p.positive for p in parts], axis=0),
             hist_edges=r0.hist_edges, hist_counts=np.sum([p.hist_counts for p in parts], axis=0),
             bin_index=bi, bin_value=bv, bin_pos=bp,
-            label_sum=np.sum([_pad_columns(p.label_sum, labels) for p in parts], axis=0), **extra,
+            label_sum=np.sum([_pad_columns(p.label_sum, labels) for p in parts], axis=0),
+            label_max=None if any(p.label_max is None for p in parts) else
+            np.max([_pad_columns(p.label_max, labels, -np.inf) for p in parts], axis=0), **extra,
         )
     return MiningResult(
         layers=layers, config=first.config, config_hash=first.config_hash,

@@ -35,6 +35,8 @@ class LayerResult:
     bin_value: np.ndarray            # (U, B, P) float32
     bin_pos: np.ndarray              # (U, B, P) int64
     label_sum: np.ndarray            # (U, L) float64 sum of image-level maxima per label
+    label_max: np.ndarray | None = None    # (U, L) float32 largest image-level maximum per label (-inf: no image);
+                                           # None in results written before it was recorded
     mean_value: np.ndarray | None = None   # (U, k) top-k by spatial mean, when asked for
     mean_index: np.ndarray | None = None
     mean_pos: np.ndarray | None = None     # argmax position within those images

@@ -7,6 +7,7 @@ and receptive fields can be traced from the module graph.
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -41,21 +42,55 @@ class _RedirectedReLUFn(torch.autograd.Function):
         return relu_grad
 
 
-class ReLU(nn.Module):
+class ReLU(nn.ReLU):
     """A ReLU that optimisation can switch into Lucid's redirected-gradient mode.
 
     ``redirect`` is per-module state, toggled only by ``VisionModel.redirected_relu()`` for the
-    duration of a ``with`` block; nothing global is touched.
+    duration of a ``with`` block; nothing global is touched. An ``nn.ReLU`` subclass, so that
+    what knows that module (the receptive-field trace, the linearised network) takes it as one
+    instead of tracing each of InceptionV1's 57 ReLUs (half the setup of a mining run).
+    Whether a call may overwrite its input is the caller's to say (:func:`rectify`), not the
+    module's ``inplace`` attribute, which stays False.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.redirect = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.redirect and torch.is_grad_enabled():
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        if self.redirect and torch.is_grad_enabled():  # its backward reads x: never in place
             return _RedirectedReLUFn.apply(x)
-        return torch.relu(x)
+        # ``is True``, not truthiness: a torch.fx trace of this module (receptive fields) passes a
+        # proxy here, which must not reach control flow.
+        return torch.relu_(x) if inplace is True else torch.relu(x)
+
+
+def is_hooked(module: nn.Module) -> bool:
+    """Whether a forward hook (the module's own or a global one) sees ``module``'s output."""
+    return bool(module._forward_hooks) or bool(nn.modules.module._global_forward_hooks)
+
+
+def may_overwrite(*producers: nn.Module) -> bool:
+    """Whether a fresh output of ``producers`` may be overwritten by the next op, as nobody else reads it.
+
+    Not when a hook saw it (a capture of the layer, or an intervention that returned a tensor of
+    its own), nor under a torch.fx trace: the graph is frozen, and an extractor built from it may
+    return that very output (``*_pre_relu``).
+    """
+    return not torch.fx._symbolic_trace.is_fx_symbolic_tracing() and not any(is_hooked(p) for p in producers)
+
+
+def rectify(relu: ReLU, producer: nn.Module, pre: torch.Tensor, keep: bool = False) -> torch.Tensor:
+    """``relu(pre)`` for ``pre``, the fresh output of ``producer``: in place unless the caller
+    ``keep``s ``pre`` or it :func:`may not be overwritten <may_overwrite>`.
+
+    Overwriting is exact, also under autograd: ReLU's backward reads its output, and convolution,
+    pooling and batch norm do not save theirs. It saves allocating, and page-faulting in, one map
+    per conv, and keeps the pre-ReLU maps nobody asked for from living on.
+    """
+    if not keep and may_overwrite(producer):
+        return relu(pre, inplace=True)
+    return relu(pre)
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -133,16 +168,18 @@ class LocalResponseNorm(nn.Module):
         super().__init__()
         self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``inplace`` lets the pass without autograd overwrite ``x`` (autograd keeps it for the backward)."""
         if torch.is_grad_enabled() and x.requires_grad:
             return _LRNFn.apply(x, self.depth_radius, self.bias, self.alpha, self.beta)
-        return self._inference(x)
+        return self._inference(x, inplace)
 
-    def _inference(self, x: torch.Tensor) -> torch.Tensor:
+    def _inference(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """The same values without autograd, a few images at a time: the temporaries stay small
         enough for malloc to reuse, where a whole 224-px batch would map (and page-fault in)
-        several fresh ~80 MB buffers per call."""
-        out = torch.empty_like(x)
+        several fresh ~80 MB buffers per call. Images are independent, so ``inplace`` may write
+        each slice over its input once its scale is known."""
+        out = x if inplace else torch.empty_like(x)
         step = max(1, _INFERENCE_CHUNK // max(1, x[0].numel()))
         for i in range(0, x.shape[0], step):
             xs = x[i:i + step]

@@ -18,7 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .blocks import Concat, LocalResponseNorm, ReLU, SameMaxPool2d, SamePad2d, StemConv2d, is_channels_last
+from .blocks import (Concat, LocalResponseNorm, ReLU, SameMaxPool2d, SamePad2d, StemConv2d, is_channels_last,
+                     may_overwrite, rectify)
 from .wrapper import Branch, LayerInfo
 
 LUCID_LRN = dict(depth_radius=5, bias=2.0, alpha=1e-4, beta=0.5)
@@ -93,32 +94,40 @@ class InceptionV1(nn.Module):
         self.softmax2 = nn.Softmax(dim=1)
         self._skip: dict[str, frozenset[str]] = {}  # set only inside skipping_unread_branches()
 
-    def _conv(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pre = getattr(self, f"{name}_pre_relu_conv")(x)
-        return pre, getattr(self, name)(pre)
+    def _conv(self, name: str, x: torch.Tensor, pres: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``relu(conv(x))``; the pre-ReLU map is appended to ``pres`` when given (and only then kept)."""
+        conv = getattr(self, f"{name}_pre_relu_conv")
+        pre = conv(x)
+        if pres is not None:
+            pres.append(pre)
+        return rectify(getattr(self, name), conv, pre, keep=pres is not None)
 
-    def _branch(self, name: str, branch: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _branch(self, name: str, branch: str, x: torch.Tensor, pres: list[torch.Tensor] | None) -> torch.Tensor:
         if branch == "1x1":
-            return self._conv(f"{name}_1x1", x)
+            return self._conv(f"{name}_1x1", x, pres)
         if branch == "pool_reduce":
-            return self._conv(f"{name}_pool_reduce", getattr(self, f"{name}_pool")(x))
-        _, bottleneck = self._conv(f"{name}_{branch}_bottleneck", x)
-        return self._conv(f"{name}_{branch}", bottleneck)
+            return self._conv(f"{name}_pool_reduce", getattr(self, f"{name}_pool")(x), pres)
+        return self._conv(f"{name}_{branch}", self._conv(f"{name}_{branch}_bottleneck", x), pres)
 
     def _mixed(self, name: str, x: torch.Tensor) -> torch.Tensor:
         skip = self._skip.get(name, frozenset())
-        pres, outs = [], []
+        pre_concat = getattr(self, f"{name}_pre_relu")
+        # The branches' pre-ReLU maps are kept only for a hook on the *_pre_relu concat.
+        pres: list[torch.Tensor] | None = [] if pre_concat._forward_hooks else None
+        outs = []
         for branch in branch_ranges(name):
             if branch.name in skip:  # nothing reads these channels: zeros keep the numbering
                 fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-                pre = out = torch.empty((x.shape[0], branch.stop - branch.start, *x.shape[2:]), dtype=x.dtype,
-                                        device=x.device, memory_format=fmt).zero_()
+                out = torch.empty((x.shape[0], branch.stop - branch.start, *x.shape[2:]), dtype=x.dtype,
+                                  device=x.device, memory_format=fmt).zero_()
+                if pres is not None:
+                    pres.append(out)
             else:
-                pre, out = self._branch(name, branch.name, x)
-            pres.append(pre)
+                out = self._branch(name, branch.name, x, pres)
             outs.append(out)
-        if getattr(self, f"{name}_pre_relu")._forward_hooks:  # only built when someone asks for it
-            getattr(self, f"{name}_pre_relu")(*pres)
+        if pres is not None:
+            pre_concat(*pres)
+            del pres
         return getattr(self, name)(*outs)
 
     @contextlib.contextmanager
@@ -137,16 +146,26 @@ class InceptionV1(nn.Module):
         finally:
             self._skip = {}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.conv2d0_pre_relu_conv(self.conv2d0_pad(x))
+    def _stem_conv2d0(self, x: torch.Tensor) -> torch.Tensor:
+        """``maxpool0(conv2d0(x))``; a method of its own so the 64-channel pre-ReLU map dies on return."""
+        conv = self.conv2d0_pre_relu_conv
+        pre = conv(self.conv2d0_pad(x))
         if self.conv2d0._forward_hooks:
-            x = self.maxpool0(self.conv2d0(pre))
-        else:  # max pooling commutes with ReLU: rectify after it, on 4x fewer values, same result
-            x = self.conv2d0(self.maxpool0(pre))
-        x = self.localresponsenorm0(x)
-        _, x = self._conv("conv2d1", x)
-        _, x = self._conv("conv2d2", x)
-        x = self.maxpool1(self.localresponsenorm1(x))
+            return self.maxpool0(rectify(self.conv2d0, conv, pre))
+        # Max pooling commutes with ReLU: rectify after it, on 4x fewer values, same result.
+        return rectify(self.conv2d0, self.maxpool0, self.maxpool0(pre))
+
+    @staticmethod
+    def _normalize(lrn: LocalResponseNorm, x: torch.Tensor, *producers: nn.Module) -> torch.Tensor:
+        """``lrn(x)``, over ``x`` itself when no hook saw it: the stem's largest map is then not
+        held twice (without autograd; with it, the LRN keeps its input for the backward)."""
+        return lrn(x, inplace=True) if may_overwrite(*producers) else lrn(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._normalize(self.localresponsenorm0, self._stem_conv2d0(x), self.conv2d0, self.maxpool0)
+        x = self._conv("conv2d1", x)
+        x = self._conv("conv2d2", x)
+        x = self.maxpool1(self._normalize(self.localresponsenorm1, x, self.conv2d2))
         for name in MIXED:
             if name in POOL_BEFORE:
                 x = getattr(self, POOL_BEFORE[name])(x)

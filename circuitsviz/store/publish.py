@@ -417,7 +417,9 @@ class Publishing:
                 frac_positive=float(stats["frac_positive"][u]), hist_counts=r.hist_counts[u].tolist(),
                 hist_edges=r.hist_edges[u].tolist(),
                 scores={**{key: _plain(stats[key][u]) for key in ("purity", "entropy", "concept_count")},
-                        "concept_means": _concept_means(r.label_sum[u], result.label_count, classes)},
+                        "concept_means": _concept_means(r.label_sum[u], result.label_count, classes),
+                        **({} if r.label_max is None else
+                           {"concept_max": _concept_maxima(r.label_max[u], result.label_count, classes)})},
                 label_counts=labels,
             )
         return r.units
@@ -558,6 +560,11 @@ def _zoo_table(model_name: str | None):
 
 def _image_id(dataset, i: int) -> str:
     return dataset.image_id(i) if hasattr(dataset, "image_id") else str(i)
+
+
+def _concept_maxima(label_max: np.ndarray, label_count: np.ndarray, classes) -> dict[str, float]:
+    return {(classes[lab] if classes and lab < len(classes) else str(lab)): float(label_max[lab])
+            for lab, n in enumerate(label_count[:len(label_max)]) if n}
 
 
 def _concept_means(label_sum: np.ndarray, label_count: np.ndarray, classes) -> dict[str, float]:
