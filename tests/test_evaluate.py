@@ -208,3 +208,67 @@ def test_evidence_is_saved_and_reused_only_for_the_same_settings(tmp_path):
     assert said[-1] == "held-out evaluation: done already" and again.table == first.table
     evidence(planted_model(), PlantedData(200, 1), **{**kw, "top": 4})
     assert said[-1] != "held-out evaluation: done already"
+
+
+def test_dead_fraction_target_is_met_by_beating_or_tying_at_zero():
+    from circuitsviz.evaluate.protocol import _better
+
+    assert _better("dead_fraction", 0.0, 0.0)          # none dead on both sides: the floor, matched
+    assert _better("dead_fraction", 0.01, 0.02)
+    assert not _better("dead_fraction", 0.02, 0.02)    # a tie above zero is no win
+    assert not _better("dead_fraction", 0.021, 0.0)
+    assert not _better("fvu", 0.0, 0.0)                # only the dead fraction has a floor to tie at
+
+
+def test_judge_view_shows_the_centre_crop_resized_to_the_judges_input():
+    from circuitsviz.evaluate.fv import judge_view
+
+    img = torch.zeros(1, 3, 8, 8)
+    img[..., 2:6, 2:6] = 1.0                         # a white centre square on a black border
+    img[0, 0, 2, 2] = 0.5                             # one marked pixel: the crop's top-left corner
+    centre = judge_view(img, 4, 0.5)                  # the centre 4 x 4, already the judge's size
+    assert centre.shape == (1, 3, 4, 4)
+    torch.testing.assert_close(centre, img[..., 2:6, 2:6])
+    whole = judge_view(img, 16)                       # no crop: only resized
+    assert whole.shape == (1, 3, 16, 16) and float(whole[..., 0, 0].max()) == 0.0
+    assert judge_view(img, 8) is img                  # nothing to do
+
+
+def test_fv_recovery_labels_a_unit_by_the_judges_mean_probability_over_its_renders():
+    # The planted net's "judge" reads only its own output: the label is the argmax of the mean of
+    # each render's softmax, computed here by hand from the same renders.
+    from circuitsviz.evaluate import Target, fv_recovery
+    from circuitsviz.evaluate.fv import judge_probabilities, judge_view
+    from circuitsviz.optvis import objective, visualize
+
+    class Pool(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.logits = nn.Identity()
+
+        def forward(self, x):
+            return self.logits(x.mean((2, 3)))                         # 3 "logits": the colour means
+
+    judge = VisionModel(Pool(), name="pool", layers=[LayerInfo("logits", "logits", 3)], input_size=8)
+    targets = [Target(f"t{c}", objective(lambda a, c=c: a["logits"][:, c], layers=["logits"]), c) for c in range(3)]
+    kw = dict(steps=3, size=8, transforms=None, seed=5, lr=0.01)
+    rec = fv_recovery(judge, targets, judge=judge, images_per_unit=3, judge_crop=0.5, **kw)
+    renders = visualize(judge, [t.objective for t in targets], images_per_unit=3, progress=False, **kw)
+    images = torch.stack([torch.from_numpy(r.image.copy()).permute(2, 0, 1) for r in renders]).float() / 255
+    mean = judge_probabilities(judge, judge_view(images, 8, 0.5)).reshape(3, 3, 3).mean(1)
+    assert [r["judged"] for r in rec.rows] == mean.argmax(1).tolist()
+    assert [r["confidence"] for r in rec.rows] == pytest.approx(mean.max(1).values.tolist())
+    assert rec.settings["images_per_unit"] == 3 and rec.settings["judge_crop"] == 0.5
+
+
+def test_evidence_summary_averages_feature_recovery_over_the_sae_seeds():
+    from circuitsviz.evaluate import Evidence
+
+    def rec(kind, hits):
+        return {"kind": kind, "rows": [{"hit": h} for h in hits], "recovery": float(np.mean(hits)), "fires": None}
+
+    ev = Evidence({}, {}, "table", [rec("SAE features, seed 0", [1, 0]), rec("SAE features, seed 1", [1, 1, 1, 0]),
+                                    rec("SAE features, seed 2", [1, 1]), rec("class logits", [0, 0, 1])])
+    half = 4.302653 * 0.25 / math.sqrt(3)            # values 0.5, 0.75, 1.0: sd 0.25, t(0.975, 2)
+    assert f"SAE features over 3 SAE seeds: 75.0% ± {100 * half:.1f}%" in ev.summary()
+    assert "class logits: 1/3 = 33%" in ev.summary()

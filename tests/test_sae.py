@@ -298,3 +298,59 @@ def test_fit_sae_prints_where_it_caches_activations(tmp_path, monkeypatch, capsy
     assert lines == [f"activation cache: {made}", f"activation cache: {made} (reused)"]
     fit_sae(model, Images(8), "relu", cache_root=tmp_path / "c", progress=False, **kw)
     assert "activation cache" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ dead features
+# Six non-negative concept directions with amplitudes in [0.5, 1]: at k = 1 with 12 latents,
+# random unit rows that lose every top-1 competition stay dead under AuxK alone.
+_PLANTED = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0],
+                         [1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.0, 1.0]])
+
+
+def _planted(n: int, seed: int) -> torch.Tensor:
+    g = _gen(seed)
+    d = _PLANTED / _PLANTED.norm(dim=1, keepdim=True)
+    c = torch.randint(0, len(d), (n,), generator=g)
+    return d[c] * (0.5 + 0.5 * torch.rand(n, 1, generator=g)) + 0.02 * torch.randn(n, 3, generator=g)
+
+
+def test_resampling_revives_features_that_auxk_leaves_dead():
+    train, held = _planted(4000, 1), _planted(4000, 2)
+    kw = dict(expansion=4, k=1, steps=300, seed=0, progress=False)
+    dead = lambda sae: int(((sae.encode(held) > 0).sum(0) == 0).sum())  # noqa: E731
+    without = fit_sae(None, train, "toy", resample=False, **kw)
+    with_ = fit_sae(None, train, "toy", **kw)
+    assert dead(without) >= 2                      # the planted failure: AuxK alone leaves them dead
+    assert dead(with_) == 0                        # every latent fires on held-out samples
+    assert with_.metrics["fvu"] < without.metrics["fvu"]
+    assert with_.config.extra["fit"]["resample"] is True and "resample" not in without.config.extra["fit"]
+
+
+def test_resample_puts_dead_rows_on_badly_reconstructed_samples_and_clears_their_moments():
+    from circuitsviz.sae.train import make_optimizer, resample_dead_, train_step
+
+    x = torch.randn(64, 5, generator=_gen(3)).relu() + 0.1
+    sae = TopKSAE(5, 10, k=1)
+    opt = make_optimizer(sae, 1e-3)
+    train_step(sae, opt, x, None)                  # Adam moments now nonzero everywhere touched
+    dead = torch.zeros(10, dtype=torch.bool)
+    dead[[2, 7]] = True
+    before = {n: p.detach().clone() for n, p in sae.named_parameters()}
+    xn = sae.normalize(x)
+    err = (sae.code(xn) @ sae.W_dec + sae.b_pre - xn).pow(2).sum(1).detach()
+    revived = resample_dead_(sae, opt, x, dead, seed=0)
+    assert revived.tolist() == [2, 7]
+    centred = (xn - sae.b_pre).detach()
+    units = centred / centred.norm(dim=1, keepdim=True)
+    for f in (2, 7):
+        # the row is one sample's unit direction (encoder = decoder), and that sample was misfit
+        match = (units - sae.W_dec[f].detach()).norm(dim=1).argmin()
+        torch.testing.assert_close(sae.W_dec[f].detach(), units[match])
+        torch.testing.assert_close(sae.W_enc[f].detach(), units[match])
+        assert float(err[match]) > 0 and float(sae.b_enc[f].detach()) == 0.0
+        for p in (sae.W_enc, sae.W_dec, sae.b_enc):
+            assert all(float(m[f].abs().max()) == 0 for m in opt.state[p].values() if m.shape == p.shape)
+    keep = [f for f in range(10) if f not in (2, 7)]
+    for name in ("W_enc", "W_dec", "b_enc"):
+        torch.testing.assert_close(getattr(sae, name).detach()[keep], before[name][keep])
+    assert resample_dead_(sae, opt, x, torch.zeros(10, dtype=torch.bool), seed=0).numel() == 0

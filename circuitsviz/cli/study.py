@@ -30,7 +30,7 @@ def _add_settings(p: argparse.ArgumentParser, defaults: StudySettings) -> None:
         "seed": "seed for visualization and SAE training", "k": "dataset examples kept per unit",
         "batch_size": "images per forward pass when mining", "num_workers": "DataLoader workers",
         "sae_expansion": "SAE features per channel", "sae_k": "active features per sample (TopK)",
-        "sae_steps": "SAE training steps (default: from the data size)",
+        "sae_steps": "SAE training steps (the held-out evaluation fits its SAEs with as many)",
         "sae_images": "images the SAE samples activations from (default: all)",
         "sae_per_image": "activation positions sampled per image for the SAE",
         "n_split": "channels to split when --channels is not given (the most polysemantic)",

@@ -2,7 +2,8 @@
 
 :func:`evidence` runs :func:`evaluate_split` (every ``k`` of the sweep, every seed, with the
 baselines) and, for the demo model, :func:`fv_recovery` of the evaluation-monosemantic SAE
-features (first seed, first ``k``), channels and class logits. The result is written to
+features (every seed, first ``k``: 4 renders per unit, the judge's mean probability over their
+centre 3/4), channels and class logits. The result is written to
 ``out/evidence.json`` with the settings that made it; a later call with the same settings reads
 it back instead of recomputing.
 
@@ -17,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fv import channel_targets, class_targets, feature_targets, fv_recovery, wide_transforms
+from .intervals import format_interval, mean_interval
 from .protocol import evaluate_split
 
 FILE = "evidence.json"
+FEATURES = "SAE features"
 FV_TRANSFORMS = {"standard": lambda: "standard", "wide": wide_transforms}
 
 
@@ -37,6 +40,11 @@ class Evidence:
             fires = "" if r["fires"] is None else f"; the render makes the unit fire in {r['fires']:.0%}"
             rate = "n/a" if not r["rows"] else f"{r['recovery']:.0%}"
             lines.append(f"  FV concept recovery, {r['kind']}: {hits}/{len(r['rows'])} = {rate} (chance ~1/13){fires}")
+        per_seed = [r["recovery"] for r in self.recovery if r["kind"].startswith(FEATURES + ", seed") and r["rows"]]
+        if len(per_seed) > 1:
+            iv = mean_interval(per_seed)
+            lines.append(f"  FV concept recovery, {FEATURES} over {len(per_seed)} SAE seeds: "
+                         f"{format_interval(iv, percent=True)} (target >= 50%)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -53,7 +61,7 @@ def evidence(model, data="procedural", *, out: str | Path | None = None, expansi
              seeds=(0, 1, 2), n_images: int = 2000, data_seed: int = 1, eval_seed: int | None = None,
              per_image: int = 16, top: int = 32, sae_steps: int | None = 2000, fv_steps: int = 512,
              fv_mode: str = "encoder", fv_transforms: str = "wide", fv_size: int | None = None,
-             progress: bool = False, log=None) -> Evidence:
+             fv_images: int = 4, fv_judge_crop: float | None = 0.75, progress: bool = False, log=None) -> Evidence:
     """Held-out evaluation (+ FV recovery on the demo model); cached in ``out/evidence.json``."""
     procedural = isinstance(data, str) and data == "procedural"
     eval_seed = eval_seed if eval_seed is not None else data_seed + 1
@@ -61,8 +69,9 @@ def evidence(model, data="procedural", *, out: str | Path | None = None, expansi
     settings = {"data": data if isinstance(data, str) else str(getattr(data, "spec", lambda: data)()),
                 "model_sha256": getattr(model, "weights_sha256", None), "expansion": expansion, "ks": list(ks),
                 "seeds": list(seeds), "n_images": n_images, "data_seed": data_seed, "eval_seed": eval_seed,
-                "per_image": per_image, "top": top, "sae_steps": sae_steps,
-                "fv": {"steps": fv_steps, "mode": fv_mode, "transforms": fv_transforms, "size": fv_size} if with_fv else None}
+                "per_image": per_image, "top": top, "sae_steps": sae_steps, "sae_resample": True,
+                "fv": {"steps": fv_steps, "mode": fv_mode, "transforms": fv_transforms, "size": fv_size,
+                       "images": fv_images, "judge_crop": fv_judge_crop} if with_fv else None}
     path = Path(out) / FILE if out is not None else None
     if path is not None and path.is_file():
         old = json.loads(path.read_text())
@@ -76,14 +85,16 @@ def evidence(model, data="procedural", *, out: str | Path | None = None, expansi
     recovery = []
     if with_fv:
         tf = FV_TRANSFORMS[fv_transforms]()
-        kinds = [("SAE features", feature_targets(ev, mode=fv_mode), ev.layer),
-                 ("channels", channel_targets(ev), ev.layer),
+        kinds = [(f"{FEATURES}, seed {seed}", feature_targets(ev, seed=seed, mode=fv_mode), ev.layer)
+                 for seed in seeds]
+        kinds += [("channels", channel_targets(ev), ev.layer),
                  ("class logits", class_targets(model), None)]
         for kind, targets, layer in kinds:
             if log:
                 log(f"FV concept recovery of {len(targets)} {kind} ({fv_steps} steps)")
             recovery.append(fv_recovery(model, targets, kind=kind, steps=fv_steps, size=fv_size, transforms=tf,
-                                        fire_layer=layer, batch_size=64, progress=progress).to_dict())
+                                        fire_layer=layer, judge_crop=fv_judge_crop, images_per_unit=fv_images,
+                                        batch_size=64, progress=progress).to_dict())
     result = Evidence(settings, ev.to_dict(), ev.table(), recovery)
     if path is not None:
         from ..store.blobs import atomic_write

@@ -118,13 +118,18 @@ def _class_logit(layer: str, c: int):
 
 def fv_recovery(model, targets: Sequence[Target], *, judge=None, kind: str = "units", size: int | None = None,
                 steps: int = 512, seed: int = 0, transforms="standard", progress: bool = False,
-                fire_layer: str | None = None, **visualize_kw) -> Recovery:
+                fire_layer: str | None = None, judge_crop: float | None = None, images_per_unit: int = 1,
+                **visualize_kw) -> Recovery:
     """Render every target, label the renders with ``judge`` (default: the shipped one), score them.
 
     ``fire_layer``: the layer whose activations the targets' ``fires`` read (the evaluation's layer).
+    ``judge_crop``: the judge sees only the centre ``judge_crop`` of each render's side (resized to
+    its input), e.g. 0.75; ``None`` shows it the whole render. Whether a render fires its unit is
+    always read on the whole render. ``images_per_unit``: renders per unit (image seeds differ);
+    the unit's label is the judge's mean probability over them, and ``fires`` the share that fire.
     """
-    from ..demo.judge import judge_labels, load_judge
-    from ..errors import check_int
+    from ..demo.judge import load_judge
+    from ..errors import check_float, check_int
     from ..models import VisionModel
     from ..optvis import visualize
 
@@ -135,6 +140,8 @@ def fv_recovery(model, targets: Sequence[Target], *, judge=None, kind: str = "un
     check_int("size", size, 8, 4096, optional=True)
     check_int("steps", steps, 1, 10**6)
     check_int("seed", seed, 0, 2**63 - 1)
+    check_float("judge_crop", judge_crop, 0, 1, lo_open=True, optional=True)
+    check_int("images_per_unit", images_per_unit, 1, 64)
     if fire_layer is not None:
         if not isinstance(fire_layer, str):
             raise BadInputError(f"fire_layer must be a layer name, got {fire_layer!r:.80}")
@@ -143,23 +150,50 @@ def fv_recovery(model, targets: Sequence[Target], *, judge=None, kind: str = "un
         return Recovery(kind, {}, [])
     judge = judge or load_judge(device=model.device)
     size = size or model.input_size
+    n = images_per_unit
     results = visualize(model, [t.objective for t in targets], size=size, steps=steps, seed=seed,
-                        transforms=transforms, progress=progress, **visualize_kw)
+                        transforms=transforms, progress=progress, images_per_unit=n, **visualize_kw)
     images = torch.stack([torch.from_numpy(r.image.copy()).permute(2, 0, 1) for r in results]).float() / 255
-    if images.shape[-1] != judge.input_size:
-        images = torch.nn.functional.interpolate(images, size=judge.input_size, mode="bilinear", align_corners=False)
-    labels, conf = judge_labels(judge, images)
+    probs = judge_probabilities(judge, judge_view(images, judge.input_size, judge_crop))
+    conf, labels = probs.reshape(len(targets), n, -1).mean(1).max(1)   # results come unit by unit
     fired: list = [None] * len(targets)
     if fire_layer is not None:
         with torch.no_grad():
             acts = model.activations(images.to(model.device), fire_layer)[fire_layer]
-        fired = [bool(t.fires(acts[i:i + 1])[0]) if t.fires is not None else None for i, t in enumerate(targets)]
+
+        def fires(i: int, t: Target):  # one render: did it fire; several: the share that did
+            if t.fires is None:
+                return None
+            f = t.fires(acts[i * n:(i + 1) * n])
+            return bool(f[0]) if n == 1 else float(f.float().mean())
+
+        fired = [fires(i, t) for i, t in enumerate(targets)]
     rows = [{"unit": t.unit, "concept": t.concept, "judged": int(labels[i]), "confidence": float(conf[i]),
              "hit": bool(int(labels[i]) == t.concept), "fires": fired[i]} for i, t in enumerate(targets)]
     tf = transforms.settings() if hasattr(transforms, "settings") else transforms
-    settings = {"steps": steps, "size": size, "seed": seed, "transforms": tf,
+    settings = {"steps": steps, "size": size, "seed": seed, "transforms": tf, "judge_crop": judge_crop,
+                "images_per_unit": n,
                 **{k: v for k, v in visualize_kw.items() if isinstance(v, (int, float, str, bool))}}
     return Recovery(kind, settings, rows)
+
+
+@torch.no_grad()
+def judge_probabilities(judge, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The judge's softmax over its labels for each of ``images`` (N x 3 x size x size in [0, 1])."""
+    return torch.cat([judge(images[i:i + batch_size].to(judge.device)).softmax(1).cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+def judge_view(images: torch.Tensor, size: int, crop: float | None = None) -> torch.Tensor:
+    """What the judge sees of ``images`` (N x 3 x H x W): the centre ``crop`` of each side, resized to ``size``."""
+    if crop is not None and crop < 1:
+        h, w = images.shape[-2:]
+        ch, cw = max(1, round(h * crop)), max(1, round(w * crop))
+        top, left = (h - ch) // 2, (w - cw) // 2
+        images = images[..., top:top + ch, left:left + cw]
+    if images.shape[-2:] != (size, size):
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return images
 
 
 def scaled_transforms(size: int = 64, reference: int = 224):
@@ -186,4 +220,4 @@ def wide_transforms():
 
 
 __all__ = ["Target", "Recovery", "feature_targets", "channel_targets", "class_targets", "fv_recovery",
-           "scaled_transforms", "wide_transforms"]
+           "judge_probabilities", "judge_view", "scaled_transforms", "wide_transforms"]

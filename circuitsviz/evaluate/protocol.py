@@ -196,6 +196,8 @@ _BETTER = ("concept_count", "monosemantic", "purity_gain", "fvu", "dead_fraction
 
 
 def _better(fig: str, a: float, b: float) -> bool:
+    if fig == "dead_fraction" and a == b == 0:
+        return True  # none dead is the floor: matching it there is the best either can do
     return a < b if fig in _LOWER else a > b
 
 

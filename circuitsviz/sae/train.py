@@ -7,6 +7,12 @@
    clipping at 1.0, the gradient along each decoder row removed and rows renormalised (TopK).
 5. Features that have not fired for ``dead_after`` samples are "dead"; AuxK trains them on the
    residual the live features left (coefficient 1/32, ``k_aux = C/2``).
+6. TopK, ``resample=True`` (default): before the learning-rate decay, a dead feature is also
+   re-initialised on a sample the SAE reconstructs badly (drawn with probability proportional to
+   its squared error, as in Anthropic's 2023 resampling): its decoder and encoder rows become
+   that sample's centred direction, its bias 0 and its Adam moments 0. AuxK alone cannot revive a
+   feature whose direction the data never reaches (at k = 1 it must win the top-1 somewhere,
+   and its pre-activation gradient is zero wherever it loses); resampling gives it a region it wins.
 
 >>> sae = fit_sae(model, "procedural", "mixed4e", expansion=8, k=32, out="runs/x/saes/topk")  # doctest: +SKIP
 >>> sae.metrics["fvu"], sae.metrics["l0"]                                                    # doctest: +SKIP
@@ -110,6 +116,7 @@ def fit_sae(
     grad_clip: float = 1.0,
     dead_after: int | None = None,
     aux_k: int | None = None,
+    resample: bool = True,
     seed: int = 0,
     sampler: Sampler = Sampler(),
     n_images: int = 2000,
@@ -134,8 +141,8 @@ def fit_sae(
     """
     _check_fit_args(model, data, layer, expansion=expansion, k=k, kind=kind, l1_coef=l1_coef, n_latents=n_latents,
                     steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, decay=decay, grad_clip=grad_clip,
-                    dead_after=dead_after, aux_k=aux_k, seed=seed, n_images=n_images, heldout=heldout,
-                    name=name, checkpoint_every=checkpoint_every, sampler=sampler, out=out, device=device)
+                    dead_after=dead_after, aux_k=aux_k, resample=resample, seed=seed, n_images=n_images,
+                    heldout=heldout, name=name, checkpoint_every=checkpoint_every, sampler=sampler, out=out, device=device)
     source = resolve_samples(model, data, layer, sampler=sampler, seed=seed, n_images=n_images,
                              cache_root=cache_root, dtype=dtype, heldout=heldout, progress=progress)
     c = source.d_in
@@ -171,6 +178,9 @@ def fit_sae(
     settings = dict(kind=kind, n_latents=f, k=k, l1_coef=l1_coef, steps=steps, batch_size=batch_size, lr=lr,
                     warmup=warmup, decay=decay, grad_clip=grad_clip, dead_after=dead_after, seed=seed,
                     data_hash=sae.config.data_hash, layer=layer)
+    resample = resample and kind == "topk"
+    if resample:  # only then: a fit with resample=False keeps the settings hash (and checkpoints) of earlier versions
+        settings["resample"] = True
     sae.config.extra["fit"] = settings
     sae.config.extra["cache"] = source.meta.get("directory")  # where split can find samples again
 
@@ -209,6 +219,9 @@ def fit_sae(
                                    + (f" or the L1 coefficient (now {l1_coef:g})" if kind == "relu" else ""))
         since_fired += x.shape[0]
         since_fired[fired] = 0
+        if resample and step < steps - dead_after // batch_size:  # a later one could not be seen dying again
+            revived = resample_dead_(sae, opt, x, since_fired >= dead_after, seed=seed * 1_000_003 + step)
+            since_fired[revived] = 0
         if step % log_every == 0 or step == steps - 1:
             row = {"step": step, "loss": loss, **parts, "lr": lr * schedule(step),
                    "dead_fraction": float((since_fired >= dead_after).float().mean())}
@@ -235,7 +248,7 @@ def fit_sae(
 
 
 def _check_fit_args(model, data, layer, *, expansion, k, kind, l1_coef, n_latents, steps, batch_size, lr, warmup,
-                    decay, grad_clip, dead_after, aux_k, seed, n_images, heldout, name, checkpoint_every,
+                    decay, grad_clip, dead_after, aux_k, resample, seed, n_images, heldout, name, checkpoint_every,
                     sampler, out, device) -> None:
     """Every argument of :func:`fit_sae` in its valid range, before any work starts."""
     if kind not in ("topk", "relu"):
@@ -254,6 +267,8 @@ def _check_fit_args(model, data, layer, *, expansion, k, kind, l1_coef, n_latent
     check_float("grad_clip", grad_clip, 0, lo_open=True)
     check_int("dead_after", dead_after, 1, optional=True)
     check_int("aux_k", aux_k, 1, optional=True)
+    if not isinstance(resample, bool):
+        raise BadInputError(f"resample must be True or False, got {resample!r:.80}")
     check_int("seed", seed, 0, 2**63 - 1)
     check_int("n_images", n_images, 1)
     check_float("heldout", heldout, 0, 0.9)
@@ -307,6 +322,38 @@ def train_step(sae: SparseAutoencoder, opt: torch.optim.Optimizer, x: torch.Tens
     opt.step()
     sae.post_step_()
     return float(loss.detach()), parts, fired
+
+
+@torch.no_grad()
+def resample_dead_(sae: SparseAutoencoder, opt: torch.optim.Optimizer, x: torch.Tensor, dead: torch.Tensor,
+                   seed: int) -> torch.Tensor:
+    """Re-initialise the ``dead`` features on badly reconstructed samples of the raw batch ``x``.
+
+    Each dead feature gets one sample, drawn without replacement with probability proportional
+    to its squared reconstruction error: decoder row = encoder row = the sample's unit direction
+    from ``b_pre`` (the fit's own initialisation, encoder = decoder transpose), encoder bias 0,
+    Adam moments of those rows 0. Returns the indices of the features it re-initialised.
+    """
+    idx = dead.nonzero().flatten()
+    if len(idx) == 0:
+        return idx
+    xn = sae.normalize(x)
+    err = (sae.code(xn) @ sae.W_dec + sae.b_pre - xn).pow(2).sum(1)
+    centred = xn - sae.b_pre
+    ok = (err > 0) & (centred.norm(dim=1) > 1e-6)
+    idx = idx[: int(ok.sum())]
+    if len(idx) == 0:
+        return idx
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.multinomial((err.pow(2) * ok).double().cpu(), len(idx), replacement=False, generator=gen)
+    d = centred[pick.to(centred.device)]
+    d = d / d.norm(dim=1, keepdim=True)
+    for p, value in ((sae.W_dec, d), (sae.W_enc, d), (sae.b_enc, 0.0)):
+        p[idx] = value
+        for moment in opt.state.get(p, {}).values():
+            if isinstance(moment, torch.Tensor) and moment.shape == p.shape:
+                moment[idx] = 0
+    return idx
 
 
 @torch.no_grad()

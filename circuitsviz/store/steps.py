@@ -112,11 +112,13 @@ def planned_mining_key(*, k: int = 32, mean_top_k: bool = False, hist_bins: int 
 
 def sae_key(*, kind: str = "topk", expansion: int = 8, k: int | None = 32, l1_coef: float | None = None,
             steps: int | None = None, batch_size: int = 4096, lr: float | None = None, seed: int = 0,
-            sampler=None, n_images: int | None = None, dtype: str = "float16") -> dict:
+            sampler=None, n_images: int | None = None, dtype: str = "float16", resample: bool = True) -> dict:
     """The settings an SAE is asked to be fit with (``None``: fit_sae's default, resolved from the data)."""
+    # resample (TopK only) is keyed so that an SAE fit before dead features were resampled is refit
     return canonical(dict(kind=kind, expansion=expansion, k=k if kind == "topk" else None,
                           l1_coef=l1_coef if kind == "relu" else None, steps=steps, batch_size=batch_size,
-                          lr=lr, seed=seed, sampler=sampler, n_images=n_images, dtype=dtype))
+                          lr=lr, seed=seed, sampler=sampler, n_images=n_images, dtype=dtype,
+                          resample=resample if kind == "topk" else None))
 
 
 def sae_key_of(sae) -> dict:
