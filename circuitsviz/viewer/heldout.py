@@ -99,14 +99,16 @@ def _cell(iv: Interval, figure: str) -> str:
 def table_rows(ev: Evaluation) -> list[dict[str, str]]:
     """One row per unit set in the evaluation's own order, each figure as the study prints it."""
     ch = ev.channels
-    rows = [{"units": NAMES["channels"], "k": "–", "seeds": "–", "scored": f"{int(ch.scored.sum())}/{len(ch.fires)}",
-             "rare": str(ch.n_rare), "concepts": f"{ch.mean_concepts:.2f}", "mono": f"{ch.monosemantic:.1%}",
+    rows = [{"units": NAMES["channels"], "k": "–", "seeds": "–",
+             "scored": f"{int(ch.scored.sum())}/{len(ch.fires)}", "rare": str(ch.n_rare),
+             "concepts": f"{ch.mean_concepts:.2f}", "mono": f"{ch.monosemantic:.1%}",
              "purity": f"{ch.mean_purity:.3f}", "gain": "–", "fvu": "–", "l0": "–",
              "dead": f"{ch.n_silent / max(len(ch.fires), 1):.1%}"}]
     for method, k in ev.groups():
         f = ev.figures(method, k)
-        rows.append({"units": NAMES[method], "k": "–" if k is None else str(k), "seeds": str(len(ev.runs_of(method, k))),
-                     "scored": f"{f['scored'].mean:.1f}/{ev.n_latents}", "rare": f"{f['rare'].mean:.1f}",
+        rows.append({"units": NAMES[method], "k": "–" if k is None else str(k),
+                     "seeds": str(len(ev.runs_of(method, k))), "scored": f"{f['scored'].mean:.1f}/{ev.n_latents}",
+                     "rare": f"{f['rare'].mean:.1f}",
                      **{col: _cell(f[fig], fig) for col, fig in COLUMNS.items()}})
     return rows
 
