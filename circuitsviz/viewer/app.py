@@ -4,7 +4,7 @@ keeps the current unit. ``circuitsviz serve RUN`` runs this file; ``apps/viewer.
 
 Imports are absolute: Streamlit runs this file as a script, outside its package.
 
-Every view is a deep link: ``/compare?unit=mixed3b:7``, ``/layer?layer=mixed3b`` (or
+Every view is a deep link: ``/compare?unit=mixed3b:7``, ``/layer?layer=mixed3b``, ``/evidence`` (or
 ``?page=compare&unit=...`` on the root address). When the viewer serves a folder of runs,
 ``run=NAME`` picks one of them.
 """
