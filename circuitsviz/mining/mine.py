@@ -161,7 +161,8 @@ class _LayerState:
                     self.label_max = torch.cat([self.label_max, torch.full_like(grow, -torch.inf, dtype=peak.dtype)], 1)
             self.label_sum.index_add_(1, labels[known], peak[:, known].double())
             if self.label_max is not None:  # the max per concept, shown beside the mean by the viewer
-                self.label_max.index_reduce_(1, labels[known], peak[:, known], "amax")
+                known_labels = labels[known].expand(units, -1)
+                self.label_max.scatter_reduce_(1, known_labels, peak[:, known], "amax")
 
     def to_result(self, name: str, rf) -> LayerResult:
         np_ = lambda t: t.detach().cpu().numpy()  # noqa: E731
