@@ -51,7 +51,7 @@ def evidence() -> Evidence:
            for s, hits in RECOVERY.items()]
     rec.append(Recovery("class logits", {}, [{"unit": "logits:0", "concept": 0, "judged": 0, "confidence": 0.8,
                                               "hit": True, "fires": None}] * 2).to_dict())
-    return Evidence({"fv": {"steps": 512, "images": 4}}, ev.to_dict(), ev.table(), rec)
+    return Evidence({"data_seed": 1, "eval_seed": 2, "fv": {"steps": 512, "images": 4}}, ev.to_dict(), ev.table(), rec)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,8 @@ def test_the_held_out_table_shows_each_rows_known_means_and_intervals(runs):
     assert ":green[met]: concept count <= 0.5x the channels'" in text
     assert ":green[met]: >= 60% monosemantic" in text
     assert ":red[missed]: purity gain interval > 0.05" in text
-    assert "fires on at least 2" in text and "fitted on 100 training images" in text and "50 other images" in text
+    assert "fires on at least 2" in text and "fitted on 100 training images" in text
+    assert "50 other images (data seed 1; scored on data seed 2)" in text
 
 
 def test_the_trade_off_plot_has_one_point_per_dictionary_and_k(runs):

@@ -175,11 +175,13 @@ def _concept(label, classes: list[str] | None) -> str:
 
 
 # ---------------------------------------------------------------- the page
-def held_out_table(ev: Evaluation) -> None:
+def held_out_table(ev: Evaluation, settings: dict) -> None:
     st.subheader("Held-out table", help=HELP["seeds"])
+    seeds = settings.get("data_seed"), settings.get("eval_seed")
+    where = f"data seed {seeds[0]}; scored on data seed {seeds[1]}" if None not in seeds else "a different data seed"
     st.caption(f"Protocol: every dictionary ({ev.n_latents} latents) is fitted on {ev.n_train_images} training "
                f"images ({ev.n_train_samples} samples of {ev.layer}); all units are scored on {ev.n_eval_images} "
-               f"other images (a different data seed). A unit is scored when it fires on at least {ev.min_fires} "
+               f"other images ({where}). A unit is scored when it fires on at least {ev.min_fires} "
                "of them. Figures: mean ± 95% t interval over seeds.")
     cfg = {c: st.column_config.TextColumn(c, help=HELP[c]) for c in ("scored", "rare", "concepts", "mono", "purity",
                                                                      "gain", "fvu", "l0", "dead", "seeds")}
@@ -240,6 +242,6 @@ def render() -> None:
         st.info(HOW_TO, icon=":material/science:")
         return
     evaluation = evaluation_of(ev)
-    held_out_table(evaluation)
+    held_out_table(evaluation, ev.settings or {})
     tradeoff(evaluation)
     recovery(ev, get_run(run).info().classes)
