@@ -120,6 +120,9 @@ def test_deep_links_navigate_and_nothing_is_fetched_from_outside(synthetic, brow
     assert f"unit={fake.split_channel}" in urllib.parse.unquote(side)  # the sidebar keeps the unit's channel
     page.reload()
     page.get_by_role("heading", name=feature).wait_for(timeout=60_000)  # the deep link survives a reload
+    visit(page, f"{base}/evidence")  # a run without evidence.json: the page says how to make it
+    page.get_by_role("heading", name="Held-out evidence").wait_for(timeout=60_000)
+    assert page.get_by_text("circuitsviz demo", exact=False).first.is_visible()
     assert outside == [], outside
     page.close()
 

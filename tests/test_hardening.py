@@ -754,6 +754,8 @@ def test_the_viewer_on_a_hostile_run_shows_nothing_from_outside_it_and_runs_no_c
     Image.fromarray(np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3) * 5 + 2).save(outside / "secret.png")
     secret = (outside / "secret.png").read_bytes()
     fake = write_synthetic_run(tmp_path / "run", channels={"mixed4e": 5}, n_features=2)
+    (outside / "evidence.json").write_text("{}")
+    (fake.path / "evidence.json").symlink_to(outside / "evidence.json")  # the Evidence page must not follow it
     sae_dir = fake.path / "saes" / "mixed4e" / fake.sae
     sae_dir.mkdir(parents=True)
     for name in ("checkpoint.pt", "sae.pt", "model.pt"):
@@ -776,7 +778,7 @@ def test_the_viewer_on_a_hostile_run_shows_nothing_from_outside_it_and_runs_no_c
     with files_opened() as opened:
         for page, params in [("layer", {}), ("unit", {"unit": "mixed4e:1"}), ("unit", {"unit": "mixed4e:2"}),
                              ("unit", {"unit": "mixed4e:3"}), ("compare", {}), ("feature", {"unit": fake.features[0]}),
-                             ("circuit", {"unit": "mixed4e:3"})]:
+                             ("circuit", {"unit": "mixed4e:3"}), ("evidence", {})]:
             at = _viewer(fake.path, page, **params)
             shown.append((page, params, at))
     assert not (tmp_path / "MARKER").exists()
@@ -790,5 +792,6 @@ def test_the_viewer_on_a_hostile_run_shows_nothing_from_outside_it_and_runs_no_c
     # the refused records are named where they are shown, not silently swapped for other files
     unit1 = " ".join(str(e.value) for e in [*shown[1][2].error, *shown[1][2].exception])
     assert "is not 64 hex digits" in unit1
+    assert "not a plain file" in " ".join(str(e.value) for e in shown[-1][2].error)
     # ... in one line on every page, never as a traceback
     assert all(not at.exception for _, _, at in shown), [(p, q) for p, q, at in shown if at.exception]

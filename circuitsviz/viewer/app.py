@@ -4,7 +4,7 @@ keeps the current unit. ``circuitsviz serve RUN`` runs this file; ``apps/viewer.
 
 Imports are absolute: Streamlit runs this file as a script, outside its package.
 
-Every view is a deep link: ``/compare?unit=mixed3b:7``, ``/layer?layer=mixed3b`` (or
+Every view is a deep link: ``/compare?unit=mixed3b:7``, ``/layer?layer=mixed3b``, ``/evidence`` (or
 ``?page=compare&unit=...`` on the root address). When the viewer serves a folder of runs,
 ``run=NAME`` picks one of them.
 """
@@ -15,9 +15,11 @@ import functools
 
 import streamlit as st
 
-TITLES = {"layer": "Layer", "unit": "Unit", "feature": "Feature", "compare": "Compare", "circuit": "Circuit"}
+TITLES = {"layer": "Layer", "unit": "Unit", "feature": "Feature", "compare": "Compare", "circuit": "Circuit",
+          "evidence": "Evidence"}
 ICONS = {"layer": ":material/grid_view:", "unit": ":material/neurology:", "feature": ":material/scatter_plot:",
-         "compare": ":material/compare:", "circuit": ":material/account_tree:"}
+         "compare": ":material/compare:", "circuit": ":material/account_tree:",
+         "evidence": ":material/science:"}
 # The Deploy button and the main menu's developer items have no place in a viewer of results.
 HIDE_TOOLBAR = "<style>[data-testid='stAppDeployButton'],[data-testid='stToolbarActions']{display:none}</style>"
 
@@ -73,6 +75,7 @@ def sidebar(pages: dict) -> None:
         "feature": {"unit": unit, "layer": layer} if is_feature else {},
         "compare": {"unit": channel, "layer": layer} if channel else {},
         "circuit": {"unit": unit} if unit else {},
+        "evidence": {},
     }
     for name, page in pages.items():
         st.sidebar.page_link(page, label=TITLES[name], icon=ICONS[name],
@@ -81,7 +84,7 @@ def sidebar(pages: dict) -> None:
 
 
 def main() -> None:
-    from circuitsviz.viewer import circuit, compare, layer, unit
+    from circuitsviz.viewer import circuit, compare, heldout, layer, unit
 
     st.set_page_config(page_title="circuitsviz", page_icon=favicon(), layout="wide")
     st.html(HIDE_TOOLBAR)
@@ -99,7 +102,7 @@ def main() -> None:
         return run_page
 
     renderers = {"layer": layer.render, "unit": unit.render, "feature": unit.render, "compare": compare.render,
-                 "circuit": circuit.render}
+                 "circuit": circuit.render, "evidence": heldout.render}
     asked = st.query_params.get("page")
     start = asked if asked in TITLES else "layer"
     # The default page answers "/" only (Streamlit gives it no path of its own), so it is a separate

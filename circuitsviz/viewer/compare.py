@@ -16,6 +16,7 @@ from .common import (
     command, current_run, current_unit, esc, fmt, get_run, go, href, image_url, link, load_unit, pct, placeholder,
     revision, set_url, split_list,
 )
+from .heldout import evidence_path
 from .views import (
     HELP, PALETTE, cell, concept_chart, default_mode, example_cells, grid, html, range_rows, share_bar, style,
     visualizations,
@@ -110,6 +111,8 @@ def render() -> None:
         st.title(f"{view.unit.id} and its SAE features")
     with top[1]:
         picker(run, view.unit.id)
+    if evidence_path(run).is_file():
+        link("evidence", "Held-out evidence: baselines, seeds, sparsity sweep, FV recovery", run)
     concepts = evidence.concepts(view.stats)
     split = view.split
     if not split:
