@@ -43,6 +43,7 @@ test: install
 bench: install
 	$(BIN)/python -m pip freeze | grep -iE '^(torch|torchvision|numpy)==' > $(VENV)/bench-constraints.txt
 	$(BIN)/python -m pip install -q -c $(VENV)/bench-constraints.txt -e '.[bench]'
+	test -d $(RUN) || $(BIN)/circuitsviz demo --no-serve --no-evaluate --out $(RUN)  # viewer.py times its pages
 	for f in benchmarks/[!_]*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:

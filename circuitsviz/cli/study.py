@@ -7,7 +7,7 @@ from dataclasses import fields
 
 from ..study import StudySettings, check_settings, study
 from ..units import parse_channels
-from .common import add_model_args, add_run_args, resolve_device, split_list
+from .common import add_model_args, add_run_args, model_from_args, resolve_device, split_list
 
 STUDY_EPILOG = """\
 examples:
@@ -95,9 +95,14 @@ def run_study(args: argparse.Namespace) -> int:
     layers = split_list(args.layers) or None
     channels = parse_channels(args.channels) if args.channels else None
     vis_channels = parse_channels(args.vis_channels) if args.vis_channels else None
-    report = study(args.model, args.data, out=args.out, layers=layers, channels=channels, vis_channels=vis_channels,
-                   sae_layer=args.sae_layer, settings=_settings(args), pretrained=args.pretrained,
-                   weights=args.weights, device=resolve_device(args.device), overwrite=args.overwrite)
+    from ..data import as_dataset
+
+    settings = _settings(args)
+    # The model and data are opened here, so a bad --data is named as the flag the user typed.
+    model = model_from_args(args)
+    data = as_dataset(args.data, model, n=settings.n_images, seed=settings.data_seed, param="--data ")
+    report = study(model, data, out=args.out, layers=layers, channels=channels, vis_channels=vis_channels,
+                   sae_layer=args.sae_layer, settings=settings, overwrite=args.overwrite)
     print(report.summary())
     print_browse(args.out, print_evidence(args.out))
     return 0
