@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fv import channel_targets, class_targets, feature_targets, fv_recovery, wide_transforms
-from .intervals import format_interval, mean_interval
+from .intervals import Interval, format_interval, mean_interval
 from .protocol import evaluate_split
 
 FILE = "evidence.json"
@@ -40,12 +40,16 @@ class Evidence:
             fires = "" if r["fires"] is None else f"; the render makes the unit fire in {r['fires']:.0%}"
             rate = "n/a" if not r["rows"] else f"{r['recovery']:.0%}"
             lines.append(f"  FV concept recovery, {r['kind']}: {hits}/{len(r['rows'])} = {rate} (chance ~1/13){fires}")
-        per_seed = [r["recovery"] for r in self.recovery if r["kind"].startswith(FEATURES + ", seed") and r["rows"]]
-        if len(per_seed) > 1:
-            iv = mean_interval(per_seed)
-            lines.append(f"  FV concept recovery, {FEATURES} over {len(per_seed)} SAE seeds: "
+        iv = self.feature_recovery()
+        if iv is not None:
+            lines.append(f"  FV concept recovery, {FEATURES} over {len(iv.values)} SAE seeds: "
                          f"{format_interval(iv, percent=True)} (target >= 50%)")
         return "\n".join(lines)
+
+    def feature_recovery(self) -> Interval | None:
+        """The SAE features' FV recovery as a mean over SAE seeds (``None`` with fewer than two)."""
+        per_seed = [r["recovery"] for r in self.recovery if r["kind"].startswith(FEATURES + ", seed") and r["rows"]]
+        return mean_interval(per_seed) if len(per_seed) > 1 else None
 
     def to_dict(self) -> dict:
         return {"settings": self.settings, "evaluation": self.evaluation, "table": self.table,

@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -188,6 +188,16 @@ class Evaluation:
                                 "rare": self.channels.n_rare}
         d["targets"] = self.targets()
         return _json_safe(d)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Evaluation":
+        """Back from :meth:`to_dict` (``evidence.json``), without the fitted dictionaries: its
+        ``figures``, ``targets`` and ``table`` give what the study printed."""
+        keep = {f.name for f in fields(UnitScores)}
+        scores = lambda u: UnitScores(**{k: v for k, v in u.items() if k in keep})  # noqa: E731
+        args = {f.name: d[f.name] for f in fields(cls) if f.init and f.name in d}
+        args.update(channels=scores(d["channels"]), runs=[scores(r) for r in d["runs"]])
+        return cls(**args)
 
 
 # lower is better for these, higher for the others

@@ -417,9 +417,9 @@ class Publishing:
                 frac_positive=float(stats["frac_positive"][u]), hist_counts=r.hist_counts[u].tolist(),
                 hist_edges=r.hist_edges[u].tolist(),
                 scores={**{key: _plain(stats[key][u]) for key in ("purity", "entropy", "concept_count")},
-                        "concept_means": _concept_means(r.label_sum[u], result.label_count, classes),
+                        "concept_means": _per_concept(r.label_sum[u], result.label_count, classes, mean=True),
                         **({} if r.label_max is None else
-                           {"concept_max": _concept_maxima(r.label_max[u], result.label_count, classes)})},
+                           {"concept_max": _per_concept(r.label_max[u], result.label_count, classes, mean=False)})},
                 label_counts=labels,
             )
         return r.units
@@ -562,15 +562,12 @@ def _image_id(dataset, i: int) -> str:
     return dataset.image_id(i) if hasattr(dataset, "image_id") else str(i)
 
 
-def _concept_maxima(label_max: np.ndarray, label_count: np.ndarray, classes) -> dict[str, float]:
-    return {(classes[lab] if classes and lab < len(classes) else str(lab)): float(label_max[lab])
-            for lab, n in enumerate(label_count[:len(label_max)]) if n}
-
-
-def _concept_means(label_sum: np.ndarray, label_count: np.ndarray, classes) -> dict[str, float]:
-    """Mean image-level activation per label: what the concept count is computed from (the viewer's chart)."""
-    return {(classes[lab] if classes and lab < len(classes) else str(lab)): float(label_sum[lab] / n)
-            for lab, n in enumerate(label_count[:len(label_sum)]) if n}
+def _per_concept(per_label: np.ndarray, label_count: np.ndarray, classes, *, mean: bool) -> dict[str, float]:
+    """A unit's per-label figure keyed by concept name, for labels with images: the mean image-level
+    activation (``mean``: the sum over the count; what the concept count is computed from) or the max."""
+    return {(classes[lab] if classes and lab < len(classes) else str(lab)):
+            float(per_label[lab] / n if mean else per_label[lab])
+            for lab, n in enumerate(label_count[:len(per_label)]) if n}
 
 
 def _plain(v):

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import fields
 from pathlib import Path
 
 import streamlit as st
 
 from ..errors import DamagedRunError
-from ..evaluate import Evaluation, Evidence, UnitScores, mean_interval
+from ..evaluate import Evaluation, Evidence
 from ..evaluate.evidence import FEATURES, FILE
 from ..evaluate.intervals import Interval, format_interval
 from .common import current_run, get_run, set_url
@@ -80,13 +79,8 @@ def load_evidence(run: str | Path) -> Evidence | None:
 def evaluation_of(ev: Evidence) -> Evaluation:
     """The :class:`Evaluation` that ``ev.evaluation`` (its ``to_dict``) was written from, minus the
     fitted dictionaries, so its own ``figures``/``targets`` give the page's numbers."""
-    d = ev.evaluation
     try:
-        keep = {f.name for f in fields(UnitScores)}
-        scores = lambda u: UnitScores(**{k: v for k, v in u.items() if k in keep})  # noqa: E731
-        args = {f.name: d[f.name] for f in fields(Evaluation) if f.init and f.name in d}
-        args.update(channels=scores(d["channels"]), runs=[scores(r) for r in d["runs"]])
-        return Evaluation(**args)
+        return Evaluation.from_dict(ev.evaluation)
     except (KeyError, TypeError, AttributeError) as e:
         raise DamagedRunError(f"{FILE} holds no readable evaluation ({type(e).__name__}: {e})") from None
 
@@ -164,8 +158,7 @@ def recovery_rows(ev: Evidence) -> tuple[list[dict], Interval | None]:
         rows.append({"units": r["kind"], "judged": len(r["rows"]), "hits": hits,
                      "recovery": "–" if not r["rows"] or r["recovery"] is None else f"{r['recovery']:.1%}",
                      "render fires the unit": "–" if r["fires"] is None else f"{r['fires']:.0%}"})
-    per_seed = [r["recovery"] for r in ev.recovery if r["kind"].startswith(FEATURES + ", seed") and r["rows"]]
-    return rows, mean_interval(per_seed) if len(per_seed) > 1 else None
+    return rows, ev.feature_recovery()
 
 
 def _concept(label, classes: list[str] | None) -> str:
