@@ -161,8 +161,6 @@ def test_split_cli_finds_the_studys_sae_through_the_run_index(copy, capsys):
 
 def test_a_schema_1_run_is_upgraded_in_place(tmp_path):
     """Runs written before SAEs were named within their layer, and steps recorded their settings."""
-    import sqlite3
-
     from circuitsviz.store.schema import CIRCUIT_TABLES, SCHEMA, SCHEMA_VERSION, SPLIT_TOTALS
 
     v1 = (SCHEMA.replace(CIRCUIT_TABLES, "").replace(SPLIT_TOTALS, "").replace("metrics TEXT NOT NULL DEFAULT '{}', path TEXT, PRIMARY KEY (layer, name));",
@@ -170,13 +168,8 @@ def test_a_schema_1_run_is_upgraded_in_place(tmp_path):
           .replace("settings TEXT, complete INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (step, key));",
                    "PRIMARY KEY (step, key));"))
     assert v1 != SCHEMA
-    (tmp_path / "old").mkdir()
-    conn = sqlite3.connect(tmp_path / "old" / "index.sqlite")
-    conn.executescript(v1 + "PRAGMA user_version = 1;")
-    conn.execute("INSERT INTO saes VALUES ('sae', 'mixed3b', '{}', '{}', NULL)")
-    conn.execute("INSERT INTO done VALUES ('vis', 'mixed3b:0', 1.0)")
-    conn.commit()
-    conn.close()
+    _old_index(tmp_path / "old", v1, 1, ["INSERT INTO saes VALUES ('sae', 'mixed3b', '{}', '{}', NULL)",
+                                        "INSERT INTO done VALUES ('vis', 'mixed3b:0', 1.0)"])
     with pytest.raises(StoreVersionError, match="older store schema 1"):  # a reader changes nothing
         open_run(tmp_path / "old")
     run = open_run(tmp_path / "old", writable=True)
@@ -190,20 +183,13 @@ def test_a_schema_1_run_is_upgraded_in_place(tmp_path):
 
 def test_a_schema_3_run_keeps_its_crops_when_its_fields_move_to_the_first_pixel_convention(tmp_path):
     """Schema 3 recorded a field's centre; 4 records its first pixel, as mining's ReceptiveField does."""
-    import sqlite3
-
     from circuitsviz.geometry import ReceptiveField
     from circuitsviz.store import receptive_box
     from circuitsviz.store.schema import SCHEMA
 
-    (tmp_path / "old").mkdir()
-    conn = sqlite3.connect(tmp_path / "old" / "index.sqlite")
-    conn.executescript(SCHEMA + "PRAGMA user_version = 3;")
     # conv2d0 of InceptionV1: 7 px, stride 2, first pixel -2 -> centre 1.5; one layer without a field
-    conn.execute("INSERT INTO layers VALUES ('conv2d0', 64, 112, 112, '[]', 7, 2, 1.5)")
-    conn.execute("INSERT INTO layers VALUES ('head', 8, NULL, NULL, '[]', NULL, NULL, NULL)")
-    conn.commit()
-    conn.close()
+    _old_index(tmp_path / "old", SCHEMA, 3, ["INSERT INTO layers VALUES ('conv2d0', 64, 112, 112, '[]', 7, 2, 1.5)",
+                                            "INSERT INTO layers VALUES ('head', 8, NULL, NULL, '[]', NULL, NULL, NULL)"])
     with pytest.raises(StoreVersionError, match="older store schema 3"):
         open_run(tmp_path / "old")
     open_run(tmp_path / "old", writable=True).close()
@@ -232,3 +218,16 @@ def test_the_study_stores_the_circuits_of_its_split_channels_and_their_top_featu
         assert [r["total"] for r in got] == pytest.approx([r["total"] for r in want], rel=1e-6)
         [f] = run.faithfulness(u)
         assert (f.source, f.n, f.data["seed"]) == ("mixed3a", 5, 10000)  # held out: not the study's data seed
+
+
+def _old_index(folder, schema: str, version: int, inserts: list[str]) -> None:
+    """A run folder whose index an older release wrote: ``schema`` at ``user_version``, with rows."""
+    import sqlite3
+
+    folder.mkdir()
+    conn = sqlite3.connect(folder / "index.sqlite")
+    conn.executescript(schema + f"PRAGMA user_version = {version};")
+    for sql in inserts:
+        conn.execute(sql)
+    conn.commit()
+    conn.close()
